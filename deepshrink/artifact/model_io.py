@@ -1,0 +1,179 @@
+"""Save and load whole models as pickle-free artifacts.
+
+The architecture is rebuilt from a JSON recipe (never unpickled), every tensor is decoded
+from its blobs, and the result is a plain ``nn.Module`` whose outputs equal the saved model's.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from deepshrink.artifact import tensors as T
+from deepshrink.codec import container
+from deepshrink.core.errors import ConfigError, CorruptArtifactError, DeepShrinkError
+from deepshrink.models.zoo import MODELS, arch_spec, create
+from deepshrink.quantize.kmeans import shared_codebook
+
+FORMAT = "deepshrink.model"
+
+
+@dataclass(frozen=True)
+class StoragePolicy:
+    """How tensors are written.
+
+    coding: ``packed`` (fixed width), ``huffman`` or ``auto`` (smaller of the two, per stream).
+    index_bits: relative-index width for every sparse tensor; None picks the best per tensor;
+    ``layer_index_bits`` overrides it per tensor name. ``sparse`` stores a tensor sparse when
+    that is smaller. ``value_dtype`` stores weights that are not shared; ``small_dtype`` stores
+    1-D float tensors (biases, norms): float16 halves them but rounds (the Deep Compression
+    pipeline rounds them in memory first, so the loaded model still matches exactly).
+    """
+
+    coding: T.Coding = "auto"
+    index_bits: int | None = None
+    layer_index_bits: dict[str, int] = field(default_factory=dict)
+    sparse: bool = True
+    value_dtype: str = "float32"
+    small_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.coding not in ("packed", "huffman", "auto"):
+            raise ConfigError(f"storage coding must be packed, huffman or auto, got {self.coding!r}")
+        for name, bits in [("*", self.index_bits), *self.layer_index_bits.items()]:
+            if bits is not None and not 1 <= bits <= 16:
+                raise ConfigError(f"index bits for {name} must be in 1..16, got {bits}")
+        for dtype in (self.value_dtype, self.small_dtype):
+            if dtype not in ("float32", "float16"):
+                raise ConfigError(f"storage dtype must be float32 or float16, got {dtype!r}")
+
+
+@dataclass
+class TensorReport:
+    name: str
+    shape: tuple[int, ...]
+    numel: int
+    nnz: int
+    encoding: str
+    nbytes: int
+    index_bits: int | None = None
+    weight_bits: int | None = None
+    streams: dict[str, T.StreamStats] = field(default_factory=dict)
+
+
+@dataclass
+class SaveReport:
+    path: str
+    nbytes: int
+    meta_bytes: int
+    tensors: list[TensorReport]
+
+
+def plain_state(model: nn.Module) -> dict[str, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]]:
+    """Each persistent tensor under its plain name (as a fresh model names it), with its codebook if shared."""
+    out: dict[str, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]] = {}
+    for mod_name, module in model.named_modules():
+        if ".parametrizations" in f".{mod_name}" or mod_name.endswith("parametrizations"):
+            continue
+        prefix = f"{mod_name}." if mod_name else ""
+        if parametrize.is_parametrized(module):
+            for pname in module.parametrizations.keys():
+                out[prefix + pname] = (getattr(module, pname).detach(), shared_codebook(module, pname))
+        for pname, p in module._parameters.items():
+            if p is not None:
+                out[prefix + pname] = (p.detach(), None)
+        for bname, b in module._buffers.items():
+            if b is not None and bname not in module._non_persistent_buffers_set:
+                out[prefix + bname] = (b.detach(), None)
+    return out
+
+
+def _encode(name: str, t: torch.Tensor, shared: tuple[torch.Tensor, torch.Tensor] | None, key: str,
+            policy: StoragePolicy) -> tuple[T.Encoded, TensorReport]:
+    bits = policy.layer_index_bits.get(name, policy.index_bits)
+    nnz = int((t != 0).sum())
+    weight_bits = None
+    if shared is not None:
+        codebook, assign = shared
+        options = [T.encode_codebook_dense(codebook, assign, key, policy.coding)]
+        if policy.sparse:
+            options.append(T.encode_sparse(t, key, index_bits=bits, coding=policy.coding,
+                                           codebook=codebook, assign=assign))
+        weight_bits = T.bits_for(codebook.numel())
+        nnz = int((assign != codebook.numel()).sum())
+    elif t.is_floating_point():
+        dtype = policy.small_dtype if t.dim() <= 1 else policy.value_dtype
+        options = [T.encode_dense(t, dtype, key)]
+        if policy.sparse and t.dim() > 1 and nnz < t.numel():
+            options.append(T.encode_sparse(t, key, index_bits=bits, coding=policy.coding, value_dtype=dtype))
+    else:
+        options = [T.encode_dense(t, T.TORCH_TO_NAME.get(t.dtype, "int64"), key)]
+    best = min(options, key=lambda e: e.nbytes)
+    best.meta["shape"] = list(t.shape)
+    report = TensorReport(name, tuple(t.shape), t.numel(), nnz, best.meta["enc"], best.nbytes,
+                          best.meta.get("ibits"), weight_bits, best.streams)
+    return best, report
+
+
+def encode_model(model: nn.Module, policy: StoragePolicy | None = None,
+                 info: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, bytes], list[TensorReport]]:
+    policy = policy or StoragePolicy()
+    tensors_meta: dict[str, Any] = {}
+    blobs: dict[str, bytes] = {}
+    reports = []
+    for i, (name, (t, shared)) in enumerate(plain_state(model).items()):
+        enc, rep = _encode(name, t, shared, f"t{i}", policy)
+        tensors_meta[name] = enc.meta
+        blobs.update(enc.blobs)
+        reports.append(rep)
+    meta = {"format": FORMAT, "arch": arch_spec(model), "tensors": tensors_meta, "info": info or {}}
+    return meta, blobs, reports
+
+
+def save(model: nn.Module, path: str | os.PathLike[str], policy: StoragePolicy | None = None,
+         info: dict[str, Any] | None = None) -> SaveReport:
+    """Write ``model`` atomically as an artifact and report the bytes of every tensor and stream."""
+    meta, blobs, reports = encode_model(model, policy, info)
+    nbytes = container.write_container(path, meta, blobs)
+    meta_bytes = nbytes - sum(len(b) for b in blobs.values())
+    return SaveReport(str(path), nbytes, meta_bytes, reports)
+
+
+def load(path: str | os.PathLike[str]) -> nn.Module:
+    """Rebuild a plain ``nn.Module`` (eval mode) from an artifact; no code in the file is executed."""
+    box = container.read_container(path)
+    where = str(path)
+    meta = box.meta
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CorruptArtifactError(f"{where}: not a deepshrink model artifact")
+    arch = meta.get("arch")
+    if not isinstance(arch, dict) or not isinstance(arch.get("zoo"), str) or not isinstance(
+            arch.get("kwargs", {}), dict):
+        raise CorruptArtifactError(f"{where}: malformed architecture record")
+    if arch["zoo"] not in MODELS:
+        raise CorruptArtifactError(f"{where}: unknown architecture {arch['zoo']!r}")
+    try:
+        model = create(arch["zoo"], **arch.get("kwargs", {}))
+    except DeepShrinkError as exc:
+        raise CorruptArtifactError(f"{where}: cannot rebuild architecture: {exc}") from None
+    expected = model.state_dict()
+    stored = meta.get("tensors")
+    if not isinstance(stored, dict) or set(stored) != set(expected):
+        names = set(stored) if isinstance(stored, dict) else set()
+        extra = sorted(names - set(expected))[:3]
+        missing = sorted(set(expected) - names)[:3]
+        raise CorruptArtifactError(f"{where}: tensors do not match the architecture "
+                                   f"(unknown {extra}, missing {missing})")
+    state = {}
+    for name, tmeta in stored.items():
+        shape = tuple(expected[name].shape)
+        if not isinstance(tmeta, dict) or tmeta.get("shape") != list(shape):
+            raise CorruptArtifactError(f"{where}: tensor {name} has the wrong shape for the architecture")
+        state[name] = T.decode_tensor(tmeta, shape, box.blobs, f"{where}: {name}").to(expected[name].dtype)
+    model.load_state_dict(state, strict=True)
+    return model.eval()

@@ -1,0 +1,143 @@
+"""Parameter, non-zero and size counts, aware of tied weights and pruning masks."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from deepshrink.core.errors import ModelError
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """Counts for one module that has a ``weight``; masked or parametrized weights count as effective.
+
+    ``params``/``nonzeros``/``sparsity`` cover the module's own parameters (weight and bias);
+    ``weight_sparsity`` covers the weight alone, which is what a pruning ratio refers to.
+    """
+
+    name: str
+    type: str
+    shape: tuple[int, ...]
+    params: int
+    nonzeros: int
+    sparsity: float
+    weight_sparsity: float
+
+
+def _check_module(model: object) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def _mask_for(module: nn.Module, param_name: str) -> torch.Tensor | None:
+    """The pruning mask of ``param_name``: buffer ``<p>_mask``, or ``weight_mask`` for ``weight_orig``."""
+    base = param_name[: -len("_orig")] if param_name.endswith("_orig") else param_name
+    mask = module._buffers.get(f"{base}_mask")
+    return mask if isinstance(mask, torch.Tensor) else None
+
+
+def _effective_nonzeros(module: nn.Module, name: str, param: torch.Tensor) -> int:
+    """Non-zeros of ``param`` after applying its mask (if any): what the pruned layer really uses."""
+    nz = param.detach() != 0
+    mask = _mask_for(module, name)
+    if mask is not None:
+        try:
+            nz = nz & (mask.detach().to(param.device) != 0)
+        except RuntimeError:
+            raise ModelError(
+                f"mask of {name!r} has shape {tuple(mask.shape)}, parameter has {tuple(param.shape)}"
+            ) from None
+    return int(nz.sum().item())
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One logical parameter of a module: its stored tensors and a way to count its effective non-zeros."""
+
+    name: str
+    stored: tuple[torch.Tensor, ...]
+    nonzeros: Callable[[], int]
+
+    @property
+    def numel(self) -> int:
+        return sum(t.numel() for t in self.stored)
+
+
+def _own_entries(module: nn.Module) -> Iterator[_Entry]:
+    """The module's own parameters; a ``torch.nn.utils.parametrize`` weight counts as its effective value."""
+    if parametrize.is_parametrized(module):
+        for pname, plist in module.parametrizations.items():
+            stored = tuple(plist.parameters(recurse=False))  # ``original`` (or original0, original1, ...)
+
+            def effective(pname: str = pname) -> int:
+                with torch.no_grad():
+                    return int((getattr(module, pname) != 0).sum().item())
+
+            yield _Entry(pname, stored, effective)
+    for name, param in module.named_parameters(recurse=False):
+        yield _Entry(name, (param,), functools.partial(_effective_nonzeros, module, name, param))
+
+
+def _unique_entries(model: nn.Module) -> Iterator[_Entry]:
+    """Each stored tensor once (first owner wins), so tied weights are not double counted."""
+    seen: set[int] = set()
+    for module in model.modules():  # pre-order: a parametrized layer comes before its ``original``
+        for entry in _own_entries(module):
+            if any(id(t) in seen for t in entry.stored):
+                continue
+            seen.update(id(t) for t in entry.stored)
+            yield entry
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of unique parameter elements; a tensor shared by several modules counts once."""
+    _check_module(model)
+    return sum(entry.numel for entry in _unique_entries(model))
+
+
+def count_nonzeros(model: nn.Module) -> int:
+    """Non-zero elements of the effective parameters (prune masks and parametrizations applied)."""
+    _check_module(model)
+    return sum(entry.nonzeros() for entry in _unique_entries(model))
+
+
+def fp32_bytes(model: nn.Module) -> int:
+    """Size of the parameters stored as dense float32: the baseline for compression ratios."""
+    return 4 * count_params(model)
+
+
+def layer_stats(model: nn.Module) -> list[LayerStats]:
+    """One ``LayerStats`` per module with a tensor ``weight``, in ``named_modules`` order."""
+    _check_module(model)
+    stats: list[LayerStats] = []
+    for mod_name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.Tensor):
+            continue
+        params = nonzeros = 0
+        weight_params = weight_nonzeros = 0
+        for entry in _own_entries(module):
+            nz = entry.nonzeros()
+            params += entry.numel
+            nonzeros += nz
+            if entry.name in ("weight", "weight_orig"):
+                weight_params, weight_nonzeros = entry.numel, nz
+        stats.append(
+            LayerStats(
+                name=mod_name,
+                type=parametrize.type_before_parametrizations(module).__name__,
+                shape=tuple(weight.shape),
+                params=params,
+                nonzeros=nonzeros,
+                sparsity=1.0 - nonzeros / params if params else 0.0,
+                weight_sparsity=1.0 - weight_nonzeros / weight_params if weight_params else 0.0,
+            )
+        )
+    return stats
