@@ -1,3 +1,27 @@
-"""deepshrink: make trained PyTorch models smaller and faster, for real."""
+"""deepshrink: make trained PyTorch models smaller and faster, for real.
+
+``deepshrink.save(model, path)`` writes a pickle-free artifact atomically and
+``deepshrink.load(path)`` rebuilds a plain ``nn.Module`` from it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "load", "save"]
+
+
+def save(model: Any, path: Any, policy: Any = None, info: Any = None) -> Any:
+    """Write ``model`` as a pickle-free artifact (see ``deepshrink.artifact.save``)."""
+    from deepshrink.artifact import save as _save
+
+    return _save(model, path, policy, info)
+
+
+def load(path: Any) -> Any:
+    """Rebuild a plain ``nn.Module`` from an artifact (see ``deepshrink.artifact.load``)."""
+    from deepshrink.artifact import load as _load
+
+    return _load(path)

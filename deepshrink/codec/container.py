@@ -2,11 +2,12 @@
 
 Layout (little-endian)::
 
-    magic b"DSHRINK\\x00" (8) | version u16 (=1) | flags u16 (=0) | meta length u32 |
+    magic b"DSHRINK\\x00" (8) | version u16 (=1) | flags u16 | meta length u32 |
     blob section length u64 | SHA-256 of (meta bytes + blob bytes) (32) | meta (UTF-8 JSON) | blobs
 
 The meta JSON is ``{"blobs": [{"name", "offset", "length"}, ...], "meta": <user dict>}`` with
-offsets relative to the start of the blob section.  Readers validate sizes against the real file
+offsets relative to the start of the blob section. Flag bit 0 means the meta section is
+zlib-compressed (the writer does so when it is smaller); the reader inflates it with a hard cap.  Readers validate sizes against the real file
 length before reading anything large, so a corrupt header cannot trigger a huge allocation.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 import math
 import os
 import struct
@@ -30,6 +32,7 @@ _HEADER = struct.Struct("<8sHHIQ32s")
 HEADER_NBYTES = _HEADER.size  # 56
 MAX_META_BYTES = 64 * 1024 * 1024
 _MAX_JSON_DEPTH = 64
+FLAG_META_ZLIB = 0x0001
 
 
 @dataclass(frozen=True)
@@ -95,25 +98,46 @@ def _prepare(meta: Mapping[str, Any], blobs: Mapping[str, bytes]) -> tuple[bytes
     return meta_bytes, payloads
 
 
-def _header_and_digest(meta_bytes: bytes, payloads: list[bytes]) -> bytes:
-    """The fixed header for these sections, including their SHA-256."""
+def _pack_meta(meta_bytes: bytes) -> tuple[bytes, int]:
+    """The meta section as stored, and its flags: zlib-compressed when that is smaller."""
+    packed = zlib.compress(meta_bytes, 9)
+    return (packed, FLAG_META_ZLIB) if len(packed) < len(meta_bytes) else (meta_bytes, 0)
+
+
+def _unpack_meta(stored: bytes, flags: int, source: str) -> bytes:
+    if not flags & FLAG_META_ZLIB:
+        return stored
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(stored, MAX_META_BYTES)
+    except zlib.error as exc:
+        raise CorruptArtifactError(f"{source}: compressed meta section is corrupt ({exc})") from None
+    if inflater.unconsumed_tail or not inflater.eof or inflater.unused_data:
+        raise CorruptArtifactError(f"{source}: compressed meta section is truncated, oversized or padded")
+    return out
+
+
+def _header_and_digest(meta_bytes: bytes, payloads: list[bytes], flags: int) -> bytes:
+    """The fixed header for these sections (meta as stored), including their SHA-256."""
     digest = hashlib.sha256(meta_bytes)
     for data in payloads:
         digest.update(data)
     blob_len = sum(len(d) for d in payloads)
-    return _HEADER.pack(MAGIC, FORMAT_VERSION, 0, len(meta_bytes), blob_len, digest.digest())
+    return _HEADER.pack(MAGIC, FORMAT_VERSION, flags, len(meta_bytes), blob_len, digest.digest())
 
 
 def encode_container(meta: Mapping[str, Any], blobs: Mapping[str, bytes]) -> bytes:
     """Serialise ``meta`` and named ``blobs`` into container bytes (see the module docstring)."""
     meta_bytes, payloads = _prepare(meta, blobs)
-    return b"".join([_header_and_digest(meta_bytes, payloads), meta_bytes, *payloads])
+    meta_bytes, flags = _pack_meta(meta_bytes)
+    return b"".join([_header_and_digest(meta_bytes, payloads, flags), meta_bytes, *payloads])
 
 
 def write_container(path: str | os.PathLike[str], meta: Mapping[str, Any], blobs: Mapping[str, bytes]) -> int:
     """Write a container atomically to ``path``; returns the file size in bytes."""
     meta_bytes, payloads = _prepare(meta, blobs)
-    header = _header_and_digest(meta_bytes, payloads)
+    meta_bytes, flags = _pack_meta(meta_bytes)
+    header = _header_and_digest(meta_bytes, payloads, flags)
     with atomic_writer(path) as fh:
         fh.write(header)
         fh.write(meta_bytes)
@@ -122,8 +146,8 @@ def write_container(path: str | os.PathLike[str], meta: Mapping[str, Any], blobs
     return len(header) + len(meta_bytes) + sum(len(d) for d in payloads)
 
 
-def _parse_header(head: bytes, file_size: int, source: str) -> tuple[int, int, int, bytes]:
-    """Check the fixed header against the real size; returns (version, meta length, blob length, digest)."""
+def _parse_header(head: bytes, file_size: int, source: str) -> tuple[int, int, int, bytes, int]:
+    """Check the fixed header against the real size; returns (version, meta len, blob len, digest, flags)."""
     if file_size < HEADER_NBYTES or len(head) < HEADER_NBYTES:
         raise CorruptArtifactError(
             f"{source}: truncated, {file_size} bytes is shorter than the {HEADER_NBYTES}-byte header"
@@ -138,7 +162,7 @@ def _parse_header(head: bytes, file_size: int, source: str) -> tuple[int, int, i
         )
     if version < 1:
         raise CorruptArtifactError(f"{source}: invalid format version {version}")
-    if flags != 0:
+    if flags & ~FLAG_META_ZLIB:
         raise CorruptArtifactError(f"{source}: unknown header flags 0x{flags:04x}")
     if meta_len > MAX_META_BYTES:
         raise CorruptArtifactError(
@@ -150,7 +174,7 @@ def _parse_header(head: bytes, file_size: int, source: str) -> tuple[int, int, i
         raise CorruptArtifactError(
             f"{source}: {what}: header declares {expected} bytes, file has {file_size}"
         )
-    return version, meta_len, blob_len, digest
+    return version, meta_len, blob_len, digest, flags
 
 
 def _is_count(value: Any) -> bool:
@@ -214,12 +238,12 @@ def _decode_body(
     head: bytes, body: bytes | memoryview, file_size: int, source: str, verify: bool
 ) -> tuple[Container, int, int]:
     """Decode a container from its header and meta+blob bytes; returns (container, meta len, blob len)."""
-    version, meta_len, blob_len, digest = _parse_header(head, file_size, source)
+    version, meta_len, blob_len, digest, flags = _parse_header(head, file_size, source)
     checksum_ok = hashlib.sha256(body).digest() == digest
     if verify and not checksum_ok:
         raise CorruptArtifactError(f"{source}: checksum mismatch, the file is corrupt")
     view = memoryview(body)
-    meta, entries = _parse_meta(bytes(view[:meta_len]), blob_len, source)
+    meta, entries = _parse_meta(_unpack_meta(bytes(view[:meta_len]), flags, source), blob_len, source)
     blobs = {
         name: bytes(view[meta_len + offset : meta_len + offset + length]) for name, offset, length in entries
     }

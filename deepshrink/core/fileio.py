@@ -54,3 +54,15 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> int:
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> int:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def ensure_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` (and parents) if needed; a folder that cannot be made is one clear error."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ArtifactError(f"cannot create output folder {folder}: {exc.strerror or exc}") from None
+    if not os.access(folder, os.W_OK):
+        raise ArtifactError(f"output folder {folder} is not writable")
+    return folder

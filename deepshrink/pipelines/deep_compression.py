@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from deepshrink.artifact import SaveReport, StoragePolicy, load, save
 from deepshrink.core.errors import ConfigError
+from deepshrink.core.fileio import ensure_dir
 from deepshrink.measure.accuracy import evaluate
 from deepshrink.measure.count import count_nonzeros, count_params
 from deepshrink.measure.flops import count_macs
@@ -127,17 +128,18 @@ class DeepCompression:
     def run(self, model: nn.Module, train: Dataset, test: Dataset, example: torch.Tensor,
             out_dir: str | os.PathLike[str], tag: str = "model") -> DeepCompressionResult:
         cfg = self.cfg
-        out = Path(out_dir)
+        out = ensure_dir(out_dir)
         model = copy.deepcopy(model).cpu()
         layers = resolve_layers(model, cfg.layers)
-        fp32_bytes = 4 * count_params(model)
+        params = count_params(model)  # the architecture is unchanged; sharing only ties values
+        fp32_bytes = 4 * params
         weights_before = {n: m.weight.detach().clone() for n, m in layers.items()}
 
         def stage(name: str, policy: StoragePolicy) -> StageResult:
             path = out / f"{tag}.{name}.dsk"
             report = save(model, path, policy, info={"stage": name, "pipeline": "deep_compression"})
             ev = evaluate(model, test)
-            return StageResult(name, ev.accuracy, ev.loss, report.nbytes, str(path), count_params(model),
+            return StageResult(name, ev.accuracy, ev.loss, report.nbytes, str(path), params,
                                count_nonzeros(model), count_macs(model, example), report)
 
         baseline = stage("baseline", StoragePolicy(sparse=False, coding="packed"))

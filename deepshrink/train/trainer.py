@@ -124,12 +124,12 @@ class Trainer:
     def fit(self, data: Dataset | DataLoader) -> TrainResult:
         cfg = self.cfg
         seed_everything(cfg.seed)
+        if len(data) == 0:
+            raise ConfigError("train: the training data is empty")
         shuffle_gen = torch.Generator()
         loader = data if isinstance(data, DataLoader) else DataLoader(
             data, batch_size=cfg.batch_size, shuffle=True, generator=shuffle_gen, drop_last=False,
         )
-        if len(loader) == 0:
-            raise ConfigError("train: the training data is empty")
         self.model.to(self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:

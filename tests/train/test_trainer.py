@@ -1,0 +1,82 @@
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from deepshrink.core.errors import ConfigError, DeepShrinkError
+from deepshrink.measure import evaluate
+from deepshrink.train import TrainConfig, Trainer
+
+
+def _blobs(n=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    y = (x @ torch.tensor([1.0, -2.0, 0.5, 1.5]) > 0).long()  # linearly separable, no margin
+    return TensorDataset(x, y)
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+
+
+@pytest.mark.parametrize("opt,schedule", [("sgd", "cosine"), ("adam", "step"), ("sgd", "constant")])
+def test_training_learns_a_separable_problem(opt, schedule):
+    data = _blobs()
+    model = _model()
+    before = evaluate(model, data).accuracy
+    res = Trainer(model, TrainConfig(epochs=20, lr=0.05, optimizer=opt, schedule=schedule, step_size=10)).fit(data)
+    after = evaluate(model, data).accuracy
+    assert after > 0.9 and after > before + 0.1
+    assert res.steps == 20 * 4 and len(res.history) == 20
+
+
+def test_same_seed_gives_identical_weights():
+    runs = []
+    for _ in range(2):
+        model = _model()
+        Trainer(model, TrainConfig(epochs=2, lr=0.05, seed=3)).fit(_blobs())
+        runs.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
+    cfg = TrainConfig(epochs=4, lr=0.05, seed=1)
+    full = _model()
+    Trainer(full, cfg).fit(_blobs())
+
+    ckpt = tmp_path / "ckpt.pt"
+    calls = {"n": 0}
+
+    def stop_in_epoch_3(model, x, y):
+        calls["n"] += 1
+        if calls["n"] > 2 * 4 + 1:  # 4 steps per epoch: die one step into epoch 3
+            raise KeyboardInterrupt
+        return torch.nn.functional.cross_entropy(model(x), y)
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(_model(), cfg, checkpoint=ckpt, loss_fn=stop_in_epoch_3).fit(_blobs())
+    fresh = _model(seed=9)  # a different init: everything must come from the checkpoint
+    res = Trainer(fresh, cfg, checkpoint=ckpt).fit(_blobs())
+    assert res.epochs_run == 2
+    for a, b in zip(full.parameters(), fresh.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_divergence_stops_with_a_clear_error():
+    model = _model()
+    with torch.no_grad():
+        model[0].weight.fill_(float("nan"))
+    with pytest.raises(DeepShrinkError, match="diverged"):
+        Trainer(model, TrainConfig(epochs=1)).fit(_blobs())
+
+
+@pytest.mark.parametrize("kwargs", [{"epochs": -1}, {"lr": 0}, {"lr": float("nan")}, {"batch_size": 0},
+                                    {"optimizer": "lbfgs"}, {"schedule": "wild"}, {"momentum": 1.5}])
+def test_bad_settings_are_rejected(kwargs):
+    with pytest.raises(ConfigError):
+        TrainConfig(**kwargs)
+
+
+def test_empty_data_is_rejected():
+    with pytest.raises(ConfigError, match="empty"):
+        Trainer(_model(), TrainConfig(epochs=1)).fit(TensorDataset(torch.zeros(0, 4), torch.zeros(0).long()))
