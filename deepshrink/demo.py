@@ -88,6 +88,7 @@ def run_demo(out_dir: str | os.PathLike[str], *, seed: int = 0, quick: bool = Fa
              models: tuple[str, ...] = DEMO_MODELS, recipe_name: str = "default", reuse: bool = True,
              progress: bool | None = None) -> dict[str, Any]:
     """Train (or reuse) baselines, run Deep Compression on each model, write report.json/.md and plots."""
+    recipes = {name: recipe(name, recipe_name, seed=seed, quick=quick) for name in models}  # fail early
     out = ensure_dir(out_dir)
     data = load_data(DATASET)
     example = data.test.tensors[0][:1]
@@ -96,7 +97,7 @@ def run_demo(out_dir: str | os.PathLike[str], *, seed: int = 0, quick: bool = Fa
                               "machine": _machine(), "models": {}}
     results: dict[str, DeepCompressionResult] = {}
     for name in models:
-        rec = recipe(name, recipe_name, seed=seed, quick=quick)
+        rec = recipes[name]
         start = time.perf_counter()
         model, reused = _baseline(rec, train, ensure_dir(out / "baselines"), seed, reuse and not quick, progress)
         seed_everything(seed)
