@@ -86,8 +86,12 @@ def _model_report(rec: Recipe, res: DeepCompressionResult, seconds: float, reuse
 
 def run_demo(out_dir: str | os.PathLike[str], *, seed: int = 0, quick: bool = False,
              models: tuple[str, ...] = DEMO_MODELS, recipe_name: str = "default", reuse: bool = True,
-             progress: bool | None = None) -> dict[str, Any]:
-    """Train (or reuse) baselines, run Deep Compression on each model, write report.json/.md and plots."""
+             progress: bool | None = None, baseline_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Train (or reuse) baselines, run Deep Compression on each model, write report.json/.md and plots.
+
+    Baselines are cached in ``baseline_dir`` (default ``out_dir/baselines``) keyed by model, data,
+    training settings and seed, so runs of several recipes share them.
+    """
     recipes = {name: recipe(name, recipe_name, seed=seed, quick=quick) for name in models}  # fail early
     out = ensure_dir(out_dir)
     data = load_data(DATASET)
@@ -99,7 +103,8 @@ def run_demo(out_dir: str | os.PathLike[str], *, seed: int = 0, quick: bool = Fa
     for name in models:
         rec = recipes[name]
         start = time.perf_counter()
-        model, reused = _baseline(rec, train, ensure_dir(out / "baselines"), seed, reuse and not quick, progress)
+        cache = ensure_dir(baseline_dir if baseline_dir is not None else out / "baselines")
+        model, reused = _baseline(rec, train, cache, seed, reuse and not quick, progress)
         seed_everything(seed)
         res = DeepCompression(rec.compression, progress=progress).run(model, train, data.test, example,
                                                                       out, tag=name)

@@ -1,5 +1,6 @@
 """Model zoo with a registry: ``deepshrink.models.create(name)``."""
 
+from deepshrink.models import compact, vision  # noqa: F401  (register their models)
 from deepshrink.models.zoo import MODELS, arch_spec, create
 
 

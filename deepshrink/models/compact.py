@@ -1,0 +1,1 @@
+"""compact models registered into the zoo (see zoo.MODELS)."""

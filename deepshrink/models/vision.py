@@ -1,0 +1,1 @@
+"""vision models registered into the zoo (see zoo.MODELS)."""
