@@ -15,23 +15,46 @@ from deepshrink.pipelines.deep_compression import DeepCompressionConfig, LayerSe
 from deepshrink.train import TrainConfig
 
 BASELINE_TRAIN = {
-    "lenet300": TrainConfig(epochs=20, batch_size=64, optimizer="adam", lr=1e-3, schedule="cosine"),
-    "lenet5": TrainConfig(epochs=20, batch_size=64, optimizer="adam", lr=1e-3, schedule="cosine"),
+    "lenet300": TrainConfig(epochs=40, batch_size=64, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4,
+                            schedule="cosine", label_smoothing=0.1),
+    "lenet5": TrainConfig(epochs=10, batch_size=64, optimizer="adam", lr=2e-3, schedule="cosine",
+                          label_smoothing=0.1),
 }
 
-_RETRAIN = TrainConfig(epochs=4, batch_size=64, optimizer="adam", lr=1e-4, schedule="constant")
-_CENTROIDS = TrainConfig(epochs=3, batch_size=64, optimizer="adam", lr=1e-4, schedule="constant")
 
+@dataclass(frozen=True)
+class _Plan:
+    layers: dict[str, LayerSetting]
+    rounds: int
+    retrain: TrainConfig
+    finetune: TrainConfig
+    bias_dtype: str
+
+
+# The paper: per-layer kept fractions, bits and index widths of Tables 2-3; retraining with Adam.
+_PAPER_RETRAIN = TrainConfig(epochs=4, batch_size=64, optimizer="adam", lr=1e-3, schedule="cosine")
+_PAPER_FT = TrainConfig(epochs=3, batch_size=64, optimizer="adam", lr=1e-4, schedule="cosine")
 _PAPER = {
-    "lenet300": {"fc1": LayerSetting(0.08, 6, 5), "fc2": LayerSetting(0.09, 6, 5), "fc3": LayerSetting(0.26, 6, 5)},
-    "lenet5": {"conv1": LayerSetting(0.66, 8, 8), "conv2": LayerSetting(0.12, 8, 8),
-               "fc1": LayerSetting(0.08, 5, 5), "fc2": LayerSetting(0.19, 5, 5)},
+    "lenet300": _Plan({"fc1": LayerSetting(0.08, 6, 5), "fc2": LayerSetting(0.09, 6, 5),
+                       "fc3": LayerSetting(0.26, 6, 5)}, 3, _PAPER_RETRAIN, _PAPER_FT, "float32"),
+    "lenet5": _Plan({"conv1": LayerSetting(0.66, 8, 8), "conv2": LayerSetting(0.12, 8, 8),
+                     "fc1": LayerSetting(0.08, 5, 5), "fc2": LayerSetting(0.19, 5, 5)}, 3, _PAPER_RETRAIN,
+                    _PAPER_FT, "float32"),
 }
 
+# deepshrink's default: harder fc pruning, 4-bit fc weights, the best index width per layer, fp16 biases.
 _DEFAULT = {
-    "lenet300": {"fc1": LayerSetting(0.03, 4), "fc2": LayerSetting(0.06, 4), "fc3": LayerSetting(0.20, 5)},
-    "lenet5": {"conv1": LayerSetting(0.66, 6), "conv2": LayerSetting(0.10, 5),
-               "fc1": LayerSetting(0.03, 4), "fc2": LayerSetting(0.15, 4)},
+    "lenet300": _Plan({"fc1": LayerSetting(0.025, 4), "fc2": LayerSetting(0.07, 4), "fc3": LayerSetting(0.25, 4)},
+                      5, TrainConfig(epochs=8, batch_size=64, optimizer="sgd", lr=0.05, weight_decay=5e-4,
+                                     schedule="cosine", label_smoothing=0.1),
+                      TrainConfig(epochs=3, batch_size=64, optimizer="adam", lr=3e-4, schedule="cosine",
+                                  label_smoothing=0.1), "float16"),
+    "lenet5": _Plan({"conv1": LayerSetting(0.66, 6), "conv2": LayerSetting(0.15, 5),
+                     "fc1": LayerSetting(0.04, 4), "fc2": LayerSetting(0.20, 4)},
+                    3, TrainConfig(epochs=5, batch_size=64, optimizer="adam", lr=1e-3, schedule="cosine",
+                                   label_smoothing=0.1),
+                    TrainConfig(epochs=3, batch_size=64, optimizer="adam", lr=3e-4, schedule="cosine",
+                                label_smoothing=0.1), "float16"),
 }
 
 
@@ -51,12 +74,12 @@ def recipe(model: str, name: str = "default", *, seed: int = 0, quick: bool = Fa
         raise ConfigError(f"unknown Deep Compression recipe {name!r}; choose default or paper")
     if model not in table:
         raise ConfigError(f"no Deep Compression recipe for model {model!r}; choose one of {sorted(table)}")
+    plan = table[model]
     base = BASELINE_TRAIN[model].replace(seed=seed)
-    retrain, centroids, rounds = _RETRAIN.replace(seed=seed), _CENTROIDS.replace(seed=seed), 3
+    retrain, finetune, rounds = plan.retrain.replace(seed=seed), plan.finetune.replace(seed=seed), plan.rounds
     if quick:
-        base, retrain, centroids, rounds = (base.replace(epochs=1), retrain.replace(epochs=1),
-                                            centroids.replace(epochs=1), 1)
-    cfg = DeepCompressionConfig(layers=table[model], prune_rounds=rounds, retrain=retrain,
-                                cluster_finetune=centroids,
-                                bias_dtype="float32" if name == "paper" else "float16")
+        base, retrain, finetune, rounds = (base.replace(epochs=1), retrain.replace(epochs=1),
+                                           finetune.replace(epochs=1), 1)
+    cfg = DeepCompressionConfig(layers=plan.layers, prune_rounds=rounds, retrain=retrain,
+                                cluster_finetune=finetune, bias_dtype=plan.bias_dtype)
     return Recipe(model, base, cfg)
