@@ -13,6 +13,7 @@ help:
 	@echo "make demo   - set up .venv and run the Deep Compression demo on embedded MNIST digits"
 	@echo "make test   - set up .venv with dev extras and run the test suite"
 	@echo "make bench  - run benchmarks/ and rewrite benchmarks/RESULTS.md"
+	@echo "make fuzz   - the long fuzz run of the artifact reader (benchmarks/results/fuzz.md)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +37,9 @@ test: $(VENV)/.stamp-dev
 
 bench: $(VENV)/.stamp-dev
 	$(PY) benchmarks/run_all.py
+
+fuzz: $(VENV)/.stamp-dev
+	$(PY) benchmarks/run_all.py fuzz_artifact.py
 
 clean:
 	rm -rf $(VENV) out

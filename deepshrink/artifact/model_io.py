@@ -6,6 +6,7 @@ from its blobs, and the result is a plain ``nn.Module`` whose outputs equal the 
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -144,6 +145,32 @@ def save(model: nn.Module, path: str | os.PathLike[str], policy: StoragePolicy |
     return SaveReport(str(path), nbytes, meta_bytes, reports)
 
 
+MAX_ARCH_CHARS = 16384  # JSON size of the architecture kwargs
+MAX_LOAD_ELEMENTS = 1 << 28  # tensor elements an artifact may ask the loader to allocate (1 GiB of fp32)
+
+
+def _rebuild(zoo: str, kwargs: dict[str, Any], where: str) -> nn.Module:
+    """Build the recorded architecture: sized on the meta device first, so hostile kwargs cannot crash or
+    exhaust memory; any failure is a CorruptArtifactError."""
+    if len(json.dumps(kwargs)) > MAX_ARCH_CHARS:  # e.g. a million-layer MLP: too many modules to build
+        raise CorruptArtifactError(f"{where}: architecture record is over {MAX_ARCH_CHARS} characters")
+    try:
+        with torch.device("meta"):
+            shadow = create(zoo, **kwargs)
+        numel = sum(t.numel() for t in shadow.state_dict().values())
+        if numel > MAX_LOAD_ELEMENTS:
+            raise CorruptArtifactError(f"{where}: architecture declares {numel} tensor elements, "
+                                       f"over the {MAX_LOAD_ELEMENTS} limit")
+        return create(zoo, **kwargs)
+    except DeepShrinkError as exc:
+        if isinstance(exc, CorruptArtifactError):
+            raise
+        raise CorruptArtifactError(f"{where}: cannot rebuild architecture: {exc}") from None
+    except (TypeError, ValueError, RuntimeError, OverflowError, ZeroDivisionError, IndexError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CorruptArtifactError(f"{where}: cannot rebuild architecture: {reason}") from None
+
+
 def load(path: str | os.PathLike[str]) -> nn.Module:
     """Rebuild a plain ``nn.Module`` (eval mode) from an artifact; no code in the file is executed."""
     box = container.read_container(path)
@@ -157,10 +184,21 @@ def load(path: str | os.PathLike[str]) -> nn.Module:
         raise CorruptArtifactError(f"{where}: malformed architecture record")
     if arch["zoo"] not in MODELS:
         raise CorruptArtifactError(f"{where}: unknown architecture {arch['zoo']!r}")
-    try:
-        model = create(arch["zoo"], **arch.get("kwargs", {}))
-    except DeepShrinkError as exc:
-        raise CorruptArtifactError(f"{where}: cannot rebuild architecture: {exc}") from None
+    model = _rebuild(arch["zoo"], arch.get("kwargs", {}), where)
+    if arch.get("transforms"):  # factorized / tied / hashed layers (deepshrink.factorize), replayed by shape
+        from deepshrink.factorize import replay_transforms
+
+        try:
+            model = replay_transforms(model, arch["transforms"])
+        except DeepShrinkError as exc:
+            raise CorruptArtifactError(f"{where}: cannot replay architecture transforms: {exc}") from None
+    if arch.get("resized"):  # structurally pruned layers (deepshrink.prune), re-allocated at recorded sizes
+        from deepshrink.prune.resize import apply_resized
+
+        try:
+            model = apply_resized(model, arch["resized"])
+        except DeepShrinkError as exc:
+            raise CorruptArtifactError(f"{where}: cannot resize pruned layers: {exc}") from None
     expected = model.state_dict()
     stored = meta.get("tensors")
     if not isinstance(stored, dict) or set(stored) != set(expected):

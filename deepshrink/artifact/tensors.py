@@ -176,11 +176,19 @@ def decode_tensor(meta: dict[str, Any], shape: tuple[int, ...], blobs: dict[str,
             return _from_raw(_blob(blobs, meta["blob"], where), meta["dtype"], n, where).view(shape)
         if enc == "codebook":
             codebook = _from_raw(_blob(blobs, meta["cblob"], where), "float32", int(meta["k"]), where)
-            ids = decode_stream(_blob(blobs, meta["vblob"], where), meta["vcode"], int(meta["alpha"]), n, where)
+            alpha = int(meta["alpha"])
+            if not 1 <= alpha <= codebook.numel() + 1:  # ids index codebook + one zero slot
+                raise CorruptArtifactError(
+                    f"{where}: codebook alphabet {alpha} exceeds {codebook.numel()} ids + 1")
+            ids = decode_stream(_blob(blobs, meta["vblob"], where), meta["vcode"], alpha, n, where)
             table = torch.cat([codebook, codebook.new_zeros(1)])
             return table[torch.from_numpy(ids)].view(shape)
         if enc == "sparse":
             return _decode_sparse(meta, shape, n, blobs, where)
+        if enc == "quant":  # packed low-bit integer weights (deepshrink.artifact.quantized)
+            from deepshrink.artifact.quantized import decode_quant
+
+            return decode_quant(meta, shape, blobs, where)
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptArtifactError(f"{where}: malformed tensor metadata ({exc})") from None
     raise CorruptArtifactError(f"{where}: unknown tensor encoding {enc!r}")

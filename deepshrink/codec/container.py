@@ -31,6 +31,12 @@ FORMAT_VERSION = 1
 _HEADER = struct.Struct("<8sHHIQ32s")
 HEADER_NBYTES = _HEADER.size  # 56
 MAX_META_BYTES = 64 * 1024 * 1024
+# zlib bombs: a compressed meta section may inflate to at most this ratio of its stored size (real
+# metadata compresses ~3x) or MIN_INFLATE_CAP, whichever is larger, and hold at most MAX_JSON_CONTAINERS
+# objects/arrays, so a small file cannot make json.loads build gigabytes of Python objects
+INFLATE_RATIO = 64
+MIN_INFLATE_CAP = 1 << 20
+MAX_JSON_CONTAINERS = 1 << 18
 _MAX_JSON_DEPTH = 64
 FLAG_META_ZLIB = 0x0001
 
@@ -108,8 +114,9 @@ def _unpack_meta(stored: bytes, flags: int, source: str) -> bytes:
     if not flags & FLAG_META_ZLIB:
         return stored
     inflater = zlib.decompressobj()
+    cap = min(MAX_META_BYTES, max(MIN_INFLATE_CAP, INFLATE_RATIO * len(stored)))
     try:
-        out = inflater.decompress(stored, MAX_META_BYTES)
+        out = inflater.decompress(stored, cap)
     except zlib.error as exc:
         raise CorruptArtifactError(f"{source}: compressed meta section is corrupt ({exc})") from None
     if inflater.unconsumed_tail or not inflater.eof or inflater.unused_data:
@@ -191,6 +198,9 @@ def _parse_meta(
     meta_bytes: bytes, blob_len: int, source: str
 ) -> tuple[dict[str, Any], list[tuple[str, int, int]]]:
     """Parse and structurally validate the meta section; returns (user meta, [(name, offset, length)])."""
+    if meta_bytes.count(b"[") + meta_bytes.count(b"{") > MAX_JSON_CONTAINERS:  # counted before parsing
+        raise CorruptArtifactError(
+            f"{source}: meta section holds over {MAX_JSON_CONTAINERS} JSON objects/arrays")
     try:
         doc = json.loads(meta_bytes.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from deepshrink.core.errors import ConfigError, DeepShrinkError
 from deepshrink.core.fileio import atomic_writer
+from deepshrink.core.guards import check_gradients, check_weights
 from deepshrink.core.progress import track
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -158,7 +159,10 @@ class Trainer:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                    norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+                    if not torch.isfinite(norm):  # name the layer before clipping spreads NaN everywhere
+                        check_gradients(self.model, f"{self.description}: epoch {epoch + 1}, step {steps}")
+                    nn.utils.clip_grads_with_norm_(params, cfg.grad_clip, norm)
                 opt.step()
                 sched.step()
                 steps += 1
@@ -166,6 +170,8 @@ class Trainer:
                 count += len(y)
             epoch_loss = total / max(1, count)
             history.append(epoch_loss)
+            # a finite loss can still leave NaN/inf weights after the last step: never checkpoint those
+            check_weights(self.model, f"{self.description}: after epoch {epoch + 1}; training diverged")
             self._save_checkpoint(epoch + 1, opt, sched, history)
         self.model.train(was_training)
         return TrainResult(epochs_run=cfg.epochs - start_epoch, steps=steps, final_loss=epoch_loss,
