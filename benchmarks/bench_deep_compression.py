@@ -30,10 +30,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--out", default="out/bench/deep_compression")
-    ap.add_argument("--recipes", default="paper,default")
+    ap.add_argument("--recipes", default="default,paper")
+    ap.add_argument("--result-name", default="deep_compression", help="benchmarks/results/<name>.md")
     args = ap.parse_args()
     out = Path(args.out)
-    lines = ["## Deep Compression on mnist5k (issue: foundation)", "",
+    lines = [f"## Deep Compression on mnist5k: recipes {args.recipes}", "",
              f"Machine: {machine()}. Commit {git_rev()}. Command: `{command()}`.", "",
              "Ratio = fp32 parameter bytes / bytes of the final artifact file (everything counted). "
              "Accuracy on the 1,000 mnist5k test digits (one digit = 0.1 point), mean +- std over seeds.", ""]
@@ -74,7 +75,7 @@ def main() -> None:
     lines += ["Weight/index bits P+Q+H are the Huffman-coded bits per stored weight; the entropy columns are "
               "each stream's Shannon entropy in bits per symbol (the floor Huffman approaches: H <= L < H+1). "
               "Index bits P+Q+H include the filler symbols, so they can exceed the index entropy.", ""]
-    path = write_result("deep_compression", "\n".join(lines))
+    path = write_result(args.result_name, "\n".join(lines))
     print(f"wrote {path}")
 
 

@@ -7,7 +7,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-BENCHMARKS = ["bench_deep_compression.py"]
+# Each entry: a script and its arguments. `python benchmarks/run_all.py SCRIPT [ARGS...]` runs one.
+BENCHMARKS: list[list[str]] = [
+    ["bench_deep_compression.py", "--recipes", "default", "--result-name", "deep_compression_default"],
+    ["bench_deep_compression.py", "--recipes", "paper", "--result-name", "deep_compression_paper"],
+]
 
 
 def assemble() -> Path:
@@ -22,9 +26,9 @@ def assemble() -> Path:
 
 
 def main() -> int:
-    only = sys.argv[1:] or BENCHMARKS
-    for script in only:
-        proc = subprocess.run([sys.executable, str(ROOT / script)], check=False)
+    runs = [sys.argv[1:]] if len(sys.argv) > 1 else BENCHMARKS
+    for script, *args in runs:
+        proc = subprocess.run([sys.executable, str(ROOT / script), *args], check=False)
         if proc.returncode:
             print(f"benchmark {script} failed with exit code {proc.returncode}", file=sys.stderr)
             return proc.returncode
