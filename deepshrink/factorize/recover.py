@@ -1,0 +1,53 @@
+"""Recovery after factorization: fine-tuning with cross-entropy, optionally plus logit distillation.
+
+``kd_loss(teacher)`` is a ``Trainer(loss_fn=...)`` loss: ``(1 - alpha) * CE(student, y) +
+alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))`` (Hinton et al. 2015). A fuller
+distillation module (feature distillation) belongs to issue 5; this one needs nothing from it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from deepshrink.core.errors import ConfigError
+from deepshrink.train import TrainConfig, Trainer
+from deepshrink.train.trainer import LossFn, TrainResult
+
+
+def kd_loss(teacher: nn.Module, *, temperature: float = 4.0, alpha: float = 0.7) -> LossFn:
+    """A logit-distillation loss against a frozen ``teacher`` (put in eval mode, never updated)."""
+    if not temperature > 0:
+        raise ConfigError(f"distillation temperature must be > 0, got {temperature}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"distillation alpha must be in [0, 1], got {alpha}")
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+
+    def loss(student: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = student(x)
+        hard = nn.functional.cross_entropy(logits, y)
+        if alpha == 0.0:
+            return hard
+        with torch.no_grad():
+            target = nn.functional.log_softmax(teacher(x) / temperature, dim=1)
+        soft = nn.functional.kl_div(nn.functional.log_softmax(logits / temperature, dim=1), target,
+                                    reduction="batchmean", log_target=True)
+        return (1.0 - alpha) * hard + alpha * temperature**2 * soft
+
+    return loss
+
+
+def recover(model: nn.Module, train: Dataset, config: TrainConfig, *, teacher: nn.Module | None = None,
+            temperature: float = 4.0, alpha: float = 0.7, device: str | torch.device | None = None,
+            progress: bool | None = None) -> TrainResult:
+    """Fine-tune a factorized ``model`` (with logit distillation from ``teacher`` when given)."""
+    loss_fn = kd_loss(teacher, temperature=temperature, alpha=alpha) if teacher is not None else None
+    if teacher is not None and device is not None:
+        teacher.to(device)
+    trainer = Trainer(model, config, loss_fn=loss_fn, device=device, progress=progress, description="recover")
+    if teacher is not None:
+        teacher.to(trainer.device)
+    return trainer.fit(train)
