@@ -1,0 +1,217 @@
+"""Real int8 execution on CPU with PyTorch's quantized kernels (``torch.ao.quantization``, x86/fbgemm engine).
+
+Static: FX graph mode first (quantizes the whole graph, functional ReLU / pooling included, so
+tensors stay int8 between layers); models that cannot be traced (data-dependent control flow)
+fall back to eager mode with a quantize -> int8 layer -> dequantize wrapper around every Linear and
+Conv. Dynamic: ``quantize_dynamic`` (int8 Linear, activations quantized per call; convolutions
+have no dynamic kernel and stay float). Layer types with no integer kernel stay float and are
+listed in ``Int8Model.fallbacks`` (``strict=True`` raises instead).
+
+``torch.ao.quantization`` is deprecated in favour of torchao, but it is what torch 2.13 ships
+with x86 integer kernels for Linear and Conv on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from deepshrink.core.errors import ConfigError, DataError, ModelError
+
+INT_KERNEL_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+OBSERVER_MAP = {"minmax": "MinMaxObserver", "moving_average": "MovingAverageMinMaxObserver",
+                "histogram": "HistogramObserver", "percentile": "HistogramObserver", "mse": "HistogramObserver",
+                "entropy": "HistogramObserver"}
+
+
+@dataclass
+class Int8Model:
+    """The converted model, how it was converted, and which weighted layers stayed float."""
+
+    model: nn.Module
+    method: str
+    fallbacks: list[str] = field(default_factory=list)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _quiet_engine(engine: str) -> Iterator[None]:
+    if engine not in torch.backends.quantized.supported_engines:
+        raise ConfigError(f"quantized engine {engine!r} is not available; torch offers "
+                          f"{torch.backends.quantized.supported_engines}")
+    old = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            yield
+        finally:
+            torch.backends.quantized.engine = old
+
+
+def _plain_copy(model: nn.Module) -> nn.Module:
+    m = copy.deepcopy(model).eval()
+    for module in list(m.modules()):
+        if parametrize.is_parametrized(module):
+            # Not remove_parametrizations: a deep copy shares the generated Parametrized* class with the
+            # original, and removing deletes the property from that class, breaking the original model.
+            with torch.no_grad():
+                values = {n: getattr(module, n).detach().clone() for n in module.parametrizations.keys()}
+            module.__class__ = type(module).__bases__[0]
+            del module._modules["parametrizations"]
+            for n, v in values.items():
+                module.register_parameter(n, nn.Parameter(v))
+    for name, module in m.named_modules():
+        if hasattr(module, "input_quant"):
+            raise ModelError(f"{name}: pass the float model to to_int8, not a fake-quantized one")
+    return m
+
+
+def _calib_batches(data: Any, max_batches: int) -> list[torch.Tensor]:
+    if data is None:
+        raise DataError("static int8 conversion needs calibration_data")
+    if isinstance(data, torch.Tensor):
+        batches = [data]
+    else:
+        if isinstance(data, torch.utils.data.Dataset):
+            data = torch.utils.data.DataLoader(data, batch_size=256, shuffle=False)
+        batches = []
+        for i, b in enumerate(data):
+            if i >= max_batches:
+                break
+            batches.append(b[0] if isinstance(b, (tuple, list)) else b)
+    batches = [b for b in batches if isinstance(b, torch.Tensor) and b.numel() > 0]
+    if not batches:
+        raise DataError("the calibration set is empty")
+    for b in batches:
+        if not bool(torch.isfinite(b).all()):
+            raise ModelError("calibration data contains NaN or inf")
+    return batches
+
+
+def qconfig(observer: str = "minmax", per_channel: bool = True) -> Any:
+    """A torch QConfig: quint8 activations with the mapped observer, qint8 symmetric weights."""
+    import torch.ao.quantization as tq
+
+    if observer not in OBSERVER_MAP:
+        raise ConfigError(f"int8 backend observer must be one of {sorted(OBSERVER_MAP)}, got {observer!r}")
+    act = getattr(tq, OBSERVER_MAP[observer]).with_args(dtype=torch.quint8, reduce_range=True)
+    weight = tq.default_per_channel_weight_observer if per_channel else tq.default_weight_observer
+    return tq.QConfig(activation=act, weight=weight)
+
+
+def _fallbacks(model: nn.Module, kernel_types: tuple[type, ...]) -> list[str]:
+    return [f"{name} ({type(m).__name__})" for name, m in model.named_modules()
+            if isinstance(getattr(m, "weight", None), torch.Tensor) and not isinstance(m, kernel_types)
+            and not list(m.children())]
+
+
+class _Wrapped(nn.Module):
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        import torch.ao.quantization as tq
+
+        self.quant = tq.QuantStub()
+        self.layer = layer
+        self.dequant = tq.DeQuantStub()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dequant(self.layer(self.quant(x)))
+
+
+def _eager_static(model: nn.Module, qc: Any, batches: list[torch.Tensor]) -> nn.Module:
+    import torch.ao.quantization as tq
+
+    def wrap(parent: nn.Module) -> None:
+        for name, child in parent.named_children():
+            if isinstance(child, INT_KERNEL_TYPES):
+                w = _Wrapped(child)
+                w.qconfig = qc
+                setattr(parent, name, w)
+            else:
+                wrap(child)
+
+    wrap(model)
+    prepared = tq.prepare(model, inplace=False)
+    with torch.no_grad():
+        for b in batches:
+            prepared(b)
+    return tq.convert(prepared, inplace=False)
+
+
+def _fx_static(model: nn.Module, qc: Any, batches: list[torch.Tensor]) -> nn.Module:
+    from torch.ao.quantization import QConfigMapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    mapping = QConfigMapping().set_global(qc)
+    prepared = prepare_fx(model, mapping, (batches[0],))
+    with torch.no_grad():
+        for b in batches:
+            prepared(b)
+    return convert_fx(prepared)
+
+
+def to_int8(model: nn.Module, calibration_data: Any = None, *, mode: str = "static", observer: str = "minmax",
+            per_channel: bool = True, graph: str = "auto", engine: str = "x86", strict: bool = False,
+            max_batches: int = 8) -> Int8Model:
+    """Convert a float model (masks are baked in) to one that runs int8 kernels.
+
+    ``graph``: ``fx``, ``eager`` or ``auto`` (FX, eager when the model cannot be traced).
+    """
+    if mode not in ("static", "dynamic"):
+        raise ConfigError(f"int8 mode must be static or dynamic, got {mode!r}")
+    if graph not in ("auto", "fx", "eager"):
+        raise ConfigError(f"graph must be auto, fx or eager, got {graph!r}")
+    float_model = _plain_copy(model)
+    for name, p in float_model.state_dict().items():
+        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+            raise ModelError(f"{name}: contains NaN or inf; cannot quantize")
+    with _quiet_engine(engine):
+        if mode == "dynamic":
+            import torch.ao.quantization as tq
+
+            fallbacks = _fallbacks(float_model, (nn.Linear,))
+            if strict and fallbacks:
+                raise ModelError(f"no dynamic int8 kernel for: {', '.join(fallbacks)}")
+            out = tq.quantize_dynamic(float_model, {nn.Linear}, dtype=torch.qint8)
+            return Int8Model(out, "dynamic", fallbacks)
+        fallbacks = _fallbacks(float_model, INT_KERNEL_TYPES)
+        if strict and fallbacks:
+            raise ModelError(f"no int8 kernel for: {', '.join(fallbacks)}")
+        batches = _calib_batches(calibration_data, max_batches)
+        qc = qconfig(observer, per_channel)
+        if graph in ("auto", "fx"):
+            try:
+                return Int8Model(_fx_static(copy.deepcopy(float_model), qc, batches), "fx", fallbacks)
+            except Exception as exc:  # torch.fx raises many types when a model cannot be traced
+                if graph == "fx":
+                    raise ModelError(f"FX graph mode cannot quantize {type(model).__name__}: "
+                                     f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        return Int8Model(_eager_static(float_model, qc, batches), "eager", fallbacks)
+
+
+def integer_layers(model: nn.Module) -> list[str]:
+    """Names of modules that run torch's integer Linear / Conv kernels (static or dynamic)."""
+    out = []
+    for name, m in model.named_modules():
+        kind = type(m)
+        if kind.__module__.startswith("torch.ao.nn.quantized") and (
+                kind.__name__.startswith(("Linear", "Conv")) or "Linear" in kind.__name__):
+            if kind.__name__ != "LinearPackedParams":
+                out.append(name)
+    return out
+
+
+def is_integer_model(model: nn.Module) -> bool:
+    """True when at least one Linear or Conv runs an integer kernel."""
+    return bool(integer_layers(model))

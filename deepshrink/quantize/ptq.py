@@ -1,0 +1,238 @@
+"""The entry point ``quantize(model, config, calibration_data=None)``: one handler per config type.
+
+Weight schemes attach a frozen ``QuantizedWeight`` (or k-means codebook) to each selected layer;
+activation schemes add input quantizers calibrated on ``calibration_data``; QAT attaches trainable
+fake quantizers (train with ``deepshrink.train.Trainer``, then ``qat.freeze``).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from deepshrink.core.errors import ConfigError, DataError, ModelError
+from deepshrink.quantize import primitives as P
+from deepshrink.quantize.config import (
+    BinaryConfig,
+    FixedPointConfig,
+    Int8DynamicConfig,
+    IntWeightConfig,
+    KMeansConfig,
+    PowerOfTwoConfig,
+    QATConfig,
+    QuantConfig,
+    SkipConfig,
+    StaticConfig,
+    TernaryConfig,
+)
+from deepshrink.quantize.kmeans import share_weights
+from deepshrink.quantize.modules import (
+    ActQuantizer,
+    QuantizedWeight,
+    add_input_quantizer,
+    attach,
+    input_quantizers,
+)
+from deepshrink.quantize.observers import make_observer
+from deepshrink.quantize.qat import FakeQuantWeight, LSQWeight
+
+Handler = Callable[[nn.Module, str, Any], None]
+HANDLERS: dict[type, Handler] = {}
+
+
+def register_handler(config_type: type) -> Callable[[Handler], Handler]:
+    """Register the function that quantizes one layer for ``config_type`` (the registry is keyed by type)."""
+    def deco(fn: Handler) -> Handler:
+        if config_type in HANDLERS:
+            raise ConfigError(f"a handler for {config_type.__name__} is already registered")
+        HANDLERS[config_type] = fn
+        return fn
+
+    return deco
+
+
+def _handler(cfg: QuantConfig) -> Handler:
+    for klass in type(cfg).__mro__:
+        if klass in HANDLERS:
+            return HANDLERS[klass]
+    raise ConfigError(f"no quantization scheme is registered for {type(cfg).__name__}")
+
+
+def _weight(module: nn.Module, where: str) -> torch.Tensor:
+    w = getattr(module, "weight", None)
+    if not isinstance(w, torch.Tensor):
+        raise ModelError(f"{where}: {type(module).__name__} has no weight tensor to quantize")
+    if parametrize.is_parametrized(module, "weight") and any(
+            isinstance(p, (QuantizedWeight, FakeQuantWeight, LSQWeight))
+            for p in module.parametrizations["weight"]):
+        raise ConfigError(f"{where}: the weight is already quantized")
+    w = w.detach().float()
+    P.check_finite(w, f"{where}.weight")
+    return w
+
+
+def _uniform(module: nn.Module, where: str, w3: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int,
+             symmetric: bool, rounding: str = "nearest", seed: int = 0, scheme: str = "uniform",
+             shape: tuple[int, ...] = ()) -> None:
+    scale, zp = P.qparams(lo, hi, bits, symmetric)
+    gen = torch.Generator().manual_seed(seed) if rounding == "stochastic" else None
+    codes = P.quantize(w3, scale, zp, bits, rounding, gen)  # type: ignore[arg-type]
+    attach(module, QuantizedWeight(codes, bits, shape, scale=scale, zero_point=zp, scheme=scheme))
+
+
+@register_handler(IntWeightConfig)
+def _int_weight(module: nn.Module, where: str, cfg: IntWeightConfig) -> None:
+    w = _weight(module, where)
+    w3 = P.grouped(w, cfg.granularity, cfg.group_size)  # type: ignore[arg-type]
+    if cfg.weight_observer == "mse":
+        lo, hi = P.mse_ranges(w3, cfg.bits, cfg.symmetric)
+    else:
+        lo, hi = P.minmax_ranges(w3)
+    _uniform(module, where, w3, lo, hi, cfg.bits, cfg.symmetric, cfg.rounding, cfg.seed, shape=tuple(w.shape))
+
+
+@register_handler(FixedPointConfig)
+def _fixed_point(module: nn.Module, where: str, cfg: FixedPointConfig) -> None:
+    w = _weight(module, where)
+    w3 = P.grouped(w, "per_tensor")
+    scale, zp = P.fixed_point_qparams(cfg.bits, cfg.frac_bits, w)
+    attach(module, QuantizedWeight(P.quantize(w3, scale, zp, cfg.bits), cfg.bits, tuple(w.shape), scale=scale,
+                                   zero_point=zp, scheme="fixed_point"))
+
+
+@register_handler(PowerOfTwoConfig)
+def _pow2(module: nn.Module, where: str, cfg: PowerOfTwoConfig) -> None:
+    w = _weight(module, where)
+    w3 = P.grouped(w, cfg.granularity)  # type: ignore[arg-type]
+    levels = P.pow2_levels(w3, cfg.bits)
+    attach(module, QuantizedWeight(P.pow2_codes(w3, levels), cfg.bits, tuple(w.shape), levels=levels,
+                                   scheme="pow2"))
+
+
+@register_handler(BinaryConfig)
+def _binary(module: nn.Module, where: str, cfg: BinaryConfig) -> None:
+    w = _weight(module, where)
+    codes, scale, zp = P.binary_params(P.grouped(w, cfg.granularity))  # type: ignore[arg-type]
+    attach(module, QuantizedWeight(codes, 1, tuple(w.shape), scale=scale, zero_point=zp, scheme="binary"))
+
+
+@register_handler(TernaryConfig)
+def _ternary(module: nn.Module, where: str, cfg: TernaryConfig) -> None:
+    w = _weight(module, where)
+    codes, scale, zp = P.ternary_params(P.grouped(w, cfg.granularity), cfg.threshold)  # type: ignore[arg-type]
+    attach(module, QuantizedWeight(codes, 2, tuple(w.shape), scale=scale, zero_point=zp, scheme="ternary"))
+
+
+@register_handler(KMeansConfig)
+def _kmeans(module: nn.Module, where: str, cfg: KMeansConfig) -> None:
+    _weight(module, where)
+    if parametrize.is_parametrized(module, "weight"):
+        raise ConfigError(f"{where}: k-means needs a plain weight; make pruning masks permanent first")
+    share_weights(module, cfg.bits, init=cfg.init)  # type: ignore[arg-type]
+
+
+@register_handler(StaticConfig)
+def _static(module: nn.Module, where: str, cfg: StaticConfig) -> None:
+    _int_weight(module, where, IntWeightConfig(bits=cfg.weight_bits, granularity=cfg.granularity,
+                                               group_size=cfg.group_size, symmetric=True))
+    obs = make_observer(cfg.observer, cfg.act_bits, cfg.act_symmetric)
+    add_input_quantizer(module, ActQuantizer(cfg.act_bits, cfg.act_symmetric, obs, "observe", f"{where} input"))
+
+
+@register_handler(Int8DynamicConfig)
+def _dynamic(module: nn.Module, where: str, cfg: Int8DynamicConfig) -> None:
+    _int_weight(module, where, IntWeightConfig(bits=8, granularity=cfg.granularity))
+    add_input_quantizer(module, ActQuantizer(8, False, None, "dynamic", f"{where} input"))
+
+
+@register_handler(QATConfig)
+def _qat(module: nn.Module, where: str, cfg: QATConfig) -> None:
+    w = _weight(module, where)
+    if cfg.lsq:
+        fq: nn.Module = LSQWeight(w, cfg.weight_bits, cfg.granularity)
+    else:
+        fq = FakeQuantWeight(cfg.weight_bits, cfg.granularity, cfg.group_size)
+        P.grouped(w, cfg.granularity, cfg.group_size)  # type: ignore[arg-type]  # validates group_size early
+    attach(module, fq)
+    if cfg.act_bits is not None:
+        obs = make_observer("moving_average", cfg.act_bits)
+        add_input_quantizer(module, ActQuantizer(cfg.act_bits, False, obs, "observe", f"{where} input"))
+
+
+def selected_layers(model: nn.Module, config: QuantConfig) -> list[tuple[str, nn.Module, QuantConfig]]:
+    """(name, module, effective config) of every layer ``config`` quantizes."""
+    out = []
+    for name, module in model.named_modules():
+        if ".parametrizations" in f".{name}" or not config.selects(name, module):
+            continue
+        cfg = config.for_layer(name)
+        if cfg is None or isinstance(cfg, SkipConfig):
+            continue
+        out.append((name, module, cfg))
+    return out
+
+
+def _batches(data: Any) -> Iterable[torch.Tensor]:
+    if isinstance(data, torch.Tensor):
+        yield data
+        return
+    if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
+        data = torch.utils.data.DataLoader(data, batch_size=256, shuffle=False)
+    for batch in data:
+        yield batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def calibrate(model: nn.Module, calibration_data: Any, max_batches: int | None = None) -> int:
+    """Run ``calibration_data`` (a tensor, dataset or loader of inputs / (inputs, labels)) through
+    ``model`` with its observers on, then freeze every observer. Returns the number of samples seen."""
+    quantizers = [q for q in input_quantizers(model).values() if q.mode == "observe"]
+    if not quantizers:
+        return 0
+    if calibration_data is None:
+        raise DataError("this scheme quantizes activations: pass calibration_data")
+    seen = 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i, x in enumerate(_batches(calibration_data)):
+                if max_batches is not None and i >= max_batches:
+                    break
+                if not isinstance(x, torch.Tensor) or x.shape[0] == 0:
+                    continue
+                model(x)
+                seen += int(x.shape[0])
+    finally:
+        model.train(was_training)
+    if seen == 0:
+        raise DataError("the calibration set is empty")
+    for q in quantizers:
+        q.freeze()
+    return seen
+
+
+def quantize(model: nn.Module, config: QuantConfig, calibration_data: Any = None, *,
+             inplace: bool = False) -> nn.Module:
+    """Quantize the layers ``config`` selects and return the model (a deep copy unless ``inplace``).
+
+    The result is a plain float module with parametrized (dequantized) weights and, for activation
+    schemes, input fake-quantizers calibrated on ``calibration_data``.
+    """
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(config, QuantConfig):
+        raise ConfigError(f"expected a quantization config, got {type(config).__name__}")
+    target = model if inplace else copy.deepcopy(model)
+    layers = selected_layers(target, config)
+    if not layers:
+        raise ConfigError(f"{type(config).__name__} selects no layer "
+                          f"(layers={config.layers!r}, types={config.types})")
+    for name, module, cfg in layers:
+        _handler(cfg)(module, name, cfg)
+    calibrate(target, calibration_data)
+    return target

@@ -1,0 +1,127 @@
+"""Quantization-aware training: fake quantization with the straight-through estimator, and LSQ.
+
+``round`` has zero gradient almost everywhere; the STE replaces it by the identity, so weights
+keep learning while the forward pass sees quantized values. Values clipped by the range get zero
+gradient. LSQ (Esser et al. 2020) also learns the step size ``s`` with gradient scale
+``1 / sqrt(numel * q_max)``. After training, ``freeze`` turns each fake quantizer into a frozen
+``QuantizedWeight`` (integer codes), exactly matching the eval-mode fake-quant output.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from deepshrink.quantize import primitives as P
+from deepshrink.quantize.modules import QuantizedWeight
+
+
+class _RoundSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return grad
+
+
+class _GradScale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, g: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.g = g
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad * ctx.g, None
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """``round(x)`` forward, identity backward."""
+    return _RoundSTE.apply(x)
+
+
+def fake_quant_ste(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int) -> torch.Tensor:
+    """Quantize-dequantize (same values as ``primitives.fake_quantize``) with the clipped STE gradient."""
+    q = torch.clamp(round_ste(x / scale) + zero_point, 0, 2**bits - 1)
+    return (q - zero_point) * scale
+
+
+class FakeQuantWeight(nn.Module):
+    """Parametrization: uniform fake quantization whose range follows the current weight (min-max)."""
+
+    def __init__(self, bits: int, granularity: str = "per_channel", group_size: int = 128,
+                 symmetric: bool = True) -> None:
+        super().__init__()
+        self.bits = P.check_bits(bits, 2)
+        self.granularity = granularity
+        self.group_size = group_size
+        self.symmetric = symmetric
+
+    def qparams(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lo, hi = P.minmax_ranges(P.grouped(w.detach(), self.granularity, self.group_size))
+        return P.qparams(lo, hi, self.bits, self.symmetric)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        w3 = P.grouped(w, self.granularity, self.group_size)
+        scale, zp = self.qparams(w)
+        return fake_quant_ste(w3, scale, zp, self.bits).reshape(w.shape)
+
+    def freeze(self, w: torch.Tensor) -> QuantizedWeight:
+        w3 = P.grouped(w.detach(), self.granularity, self.group_size)
+        scale, zp = self.qparams(w)
+        return QuantizedWeight(P.quantize(w3, scale, zp, self.bits), self.bits, tuple(w.shape), scale=scale,
+                               zero_point=zp, scheme="uniform")
+
+
+class LSQWeight(nn.Module):
+    """Parametrization with a learned step size per channel (or tensor), symmetric signed codes."""
+
+    def __init__(self, weight: torch.Tensor, bits: int, granularity: str = "per_channel") -> None:
+        super().__init__()
+        self.bits = P.check_bits(bits, 2)
+        self.granularity = granularity
+        self.qp = 2 ** (bits - 1) - 1
+        w3 = P.grouped(weight.detach(), granularity)
+        init = 2 * w3.abs().mean(dim=2, keepdim=True) / math.sqrt(self.qp)
+        self.step = nn.Parameter(torch.clamp(init, min=P.EPS))
+        self.g = 1.0 / math.sqrt(w3.shape[2] * self.qp)
+
+    def zero_point(self) -> torch.Tensor:
+        return torch.full_like(self.step, float(2 ** (self.bits - 1)))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        w3 = P.grouped(w, self.granularity)
+        s = torch.clamp(_GradScale.apply(self.step, self.g), min=P.EPS)
+        return fake_quant_ste(w3, s, self.zero_point(), self.bits).reshape(w.shape)
+
+    def freeze(self, w: torch.Tensor) -> QuantizedWeight:
+        w3 = P.grouped(w.detach(), self.granularity)
+        s = torch.clamp(self.step.detach(), min=P.EPS)
+        zp = self.zero_point()
+        return QuantizedWeight(P.quantize(w3, s, zp, self.bits), self.bits, tuple(w.shape), scale=s,
+                               zero_point=zp, scheme="lsq")
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Replace every fake/LSQ weight quantizer (in place) by frozen integer codes; returns ``model``."""
+    from torch.nn.utils import parametrize
+
+    for module in model.modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for name in list(module.parametrizations.keys()):
+            plist = module.parametrizations[name]
+            fq = plist[-1]
+            if not isinstance(fq, (FakeQuantWeight, LSQWeight)):
+                continue
+            with torch.no_grad():
+                w = plist.original
+                for p in list(plist)[:-1]:
+                    w = p(w)
+                frozen = fq.freeze(w)
+            plist[-1] = frozen
+    return model
