@@ -14,6 +14,7 @@ import copy
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -63,7 +64,7 @@ def unstructured_part(data, seeds: int, epochs: int, retrain_epochs: int, lines:
             calib = torch.utils.data.DataLoader(data.train, batch_size=128, shuffle=False)
             for cname, crit in CRITERIA.items():
                 model = copy.deepcopy(base)
-                retrain = TrainConfig(epochs=retrain_epochs, optimizer="adam", lr=2e-4, batch_size=64, seed=seed)
+                retrain = TrainConfig(epochs=retrain_epochs, optimizer="adam", lr=1e-3, batch_size=64, seed=seed)
                 unstructured(model, 0.9, importance=crit, overrides=overrides, schedule="iterative",
                              schedule_kwargs={"steps": 3}, train=retrain, data=data.train, calibration=calib)
                 remove_masks(model)
@@ -98,7 +99,8 @@ def _tp_prune(model: nn.Module, x: torch.Tensor, ratio: float) -> nn.Module:
     return model
 
 
-def structured_part(data, epochs: int, ft_epochs: int, rounds: int, lines: list[str]) -> None:
+def structured_part(data, epochs: int, ft_epochs: int, rounds: int, lines: list[str],
+                    partial: Any = None) -> None:
     try:
         import torch_pruning  # noqa: F401
         have_tp = True
@@ -133,12 +135,15 @@ def structured_part(data, epochs: int, ft_epochs: int, rounds: int, lines: list[
             rows.append([arch, name, f"{accs[name]:.2f}", f"{count_params(m):,}", f"{count_macs(m, x64[:1]):,}",
                          f"{lat[name].median_ms:.2f} (p10 {lat[name].p10_ms:.2f}, p90 {lat[name].p90_ms:.2f})",
                          f"{speed:.2f}x", bar])
+        _log(f"{arch} latency ms: " + ", ".join(f"{k} {v.median_ms:.2f}" for k, v in lat.items()))
         odd = [g.name for g in rep.groups if g.after % 8]
         diag.append(f"- {arch}: MACs {count_macs(base, x64[:1]):,} -> {count_macs(pruned, x64[:1]):,} "
                     f"({count_macs(base, x64[:1]) / max(1, count_macs(pruned, x64[:1])):.2f}x fewer); "
                     f"groups pruned {len(rep.groups)}; channel counts not a multiple of 8: "
                     f"{', '.join(odd) or 'none'}; left intact: "
                     + "; ".join(f"{v}" for v in list(rep.skipped.values())[:4]))
+        if partial is not None:
+            partial(rows, diag)
     # unstructured zeros on dense kernels: same latency
     torch.manual_seed(0)
     dense = create("cnn").eval()
@@ -172,6 +177,7 @@ def main() -> None:
     ap.add_argument("--ft-epochs", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--parts", default="unstructured,structured")
+    ap.add_argument("--name", default="pruning", help="result file name (benchmarks/results/NAME.md)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     data = load_data("mnist5k")
@@ -181,10 +187,17 @@ def main() -> None:
              "Accuracy on the 1,000 mnist5k test digits (one digit = 0.1 point).", ""]
     if "unstructured" in args.parts:
         unstructured_part(data, args.seeds, args.epochs, args.retrain_epochs, lines)
+        write_result(args.name, "\n".join(lines) + "\n(structured part still running)\n")
     if "structured" in args.parts:
-        structured_part(data, args.struct_epochs, args.ft_epochs, args.rounds, lines)
+        def partial(rows: list, diag: list) -> None:
+            table = markdown_table(["model", "method", "acc %", "params", "MACs", "median ms", "speedup",
+                                    ">= 1.8x, <= 1 pt"], rows)
+            write_result(args.name, "\n".join([*lines, "(partial: structured part still running)", "",
+                                               table, "", *diag]) + "\n")
+
+        structured_part(data, args.struct_epochs, args.ft_epochs, args.rounds, lines, partial)
     lines.append(f"Total benchmark time: {time.perf_counter() - start:.0f} s.")
-    path = write_result("pruning", "\n".join(lines) + "\n")
+    path = write_result(args.name, "\n".join(lines) + "\n")
     print(f"wrote {path}")
 
 

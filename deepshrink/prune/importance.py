@@ -1,0 +1,255 @@
+"""Importance criteria behind one contract, in an explicit registry.
+
+An :class:`Importance` scores every weight of a layer (a tensor shaped like the weight, >= 0, larger
+means keep). Unstructured pruning ranks those scores; structured pruning reduces them to one score per
+output channel (or uses :meth:`Importance.channel_scores` when the criterion measures channels directly,
+as the activation criteria do). Criteria that need data (activations, gradients) gather it in
+:meth:`Importance.prepare` from calibration batches ``(inputs, labels)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from deepshrink.core.errors import ConfigError
+from deepshrink.core.registry import Registry
+
+Batches = Iterable[Any]
+
+
+def _inputs_of(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(batch, (list, tuple)):
+        return batch[0], (batch[1] if len(batch) > 1 else None)
+    return batch, None
+
+
+class Importance:
+    """Base contract: ``scores(name, module) -> weight-shaped tensor`` after an optional ``prepare``."""
+
+    name = "base"
+    needs_data = False
+
+    def prepare(self, model: nn.Module, layers: Mapping[str, nn.Module], data: Batches | None) -> None:
+        """Gather whatever statistics the criterion needs (default: nothing)."""
+        if self.needs_data and data is None:
+            raise ConfigError(f"importance {self.name!r} needs calibration data (batches of inputs, labels)")
+
+    def scores(self, name: str, module: nn.Module) -> torch.Tensor:
+        raise NotImplementedError
+
+    def channel_scores(self, name: str, module: nn.Module) -> torch.Tensor | None:
+        """Per-output-channel scores when the criterion measures channels directly; None derives them."""
+        return None
+
+
+class MagnitudeImportance(Importance):
+    """|w|^p: L1 (p=1) or L2 (p=2) magnitude; per channel the p-norm of the channel's weights."""
+
+    def __init__(self, p: int = 1) -> None:
+        if p not in (1, 2):
+            raise ConfigError(f"magnitude importance: p must be 1 or 2, got {p}")
+        self.p = p
+        self.name = f"l{p}"
+
+    def scores(self, name: str, module: nn.Module) -> torch.Tensor:
+        return module.weight.detach().abs().float().pow(self.p)
+
+
+class RandomImportance(Importance):
+    """Uniform random scores (a baseline every criterion should beat); seeded."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def scores(self, name: str, module: nn.Module) -> torch.Tensor:
+        return torch.rand(module.weight.shape, generator=self.gen)
+
+
+class ThresholdImportance(Importance):
+    """|w| / max|w| of the layer: pruning below a value t removes weights under t x the layer's largest."""
+
+    name = "threshold"
+
+    def scores(self, name: str, module: nn.Module) -> torch.Tensor:
+        w = module.weight.detach().abs().float()
+        return w / w.max().clamp_min(1e-12)
+
+
+class StdImportance(Importance):
+    """|w| / std(w) (Deep Compression): one global cut q prunes |w| < q x std per layer."""
+
+    name = "std"
+
+    def scores(self, name: str, module: nn.Module) -> torch.Tensor:
+        w = module.weight.detach().float()
+        return w.abs() / w.std().clamp_min(1e-12)
+
+
+class _HookedImportance(Importance):
+    """Shared machinery: forward hooks on the layers over the calibration batches."""
+
+    needs_data = True
+
+    def __init__(self, max_batches: int = 8) -> None:
+        self.max_batches = max_batches
+        self.inp: dict[str, torch.Tensor] = {}
+        self.out: dict[str, torch.Tensor] = {}
+
+    def _stat(self, t: torch.Tensor, channel_dim: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def prepare(self, model: nn.Module, layers: Mapping[str, nn.Module], data: Batches | None) -> None:
+        super().prepare(model, layers, data)
+        counts: dict[str, int] = {}
+        self.inp, self.out = {}, {}
+
+        def hook(name: str) -> Callable[..., None]:
+            def fn(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+                if not args or not isinstance(args[0], torch.Tensor) or not isinstance(out, torch.Tensor):
+                    return
+                cdim = 1 if isinstance(mod, nn.modules.conv._ConvNd) else -1
+                i, o = self._stat(args[0].detach(), cdim), self._stat(out.detach(), cdim)
+                self.inp[name] = self.inp.get(name, 0) + i
+                self.out[name] = self.out.get(name, 0) + o
+                counts[name] = counts.get(name, 0) + 1
+            return fn
+
+        handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for k, batch in enumerate(data or []):
+                    if k >= self.max_batches:
+                        break
+                    model(_inputs_of(batch)[0])
+        finally:
+            for h in handles:
+                h.remove()
+            model.train(was_training)
+        for n, c in counts.items():
+            self.inp[n] = self.inp[n] / c
+            self.out[n] = self.out[n] / c
+
+    def _input_stat(self, name: str, module: nn.Module) -> torch.Tensor:
+        if name not in self.inp:
+            raise ConfigError(f"importance {self.name!r}: layer {name!r} saw no calibration input")
+        w = module.weight
+        stat = self.inp[name]
+        if isinstance(module, nn.modules.conv._ConvNd):
+            g, out, ipg = module.groups, w.shape[0], w.shape[1]
+            if stat.numel() != g * ipg:
+                raise ConfigError(f"importance {self.name!r}: layer {name!r} input does not match its weight")
+            full = stat.view(g, 1, ipg).expand(g, out // g, ipg).reshape(out, ipg)
+            return full.view(out, ipg, *([1] * (w.dim() - 2))).expand_as(w)
+        if stat.numel() != w.shape[-1]:
+            raise ConfigError(f"importance {self.name!r}: layer {name!r} input does not match its weight")
+        return stat.view(1, -1).expand_as(w)
+
+    def scores(self, name: str, module: nn.Module) -> torch.Tensor:
+        """|w_ij| x statistic of input j (Wanda-style): a weight matters when its input is active."""
+        return module.weight.detach().abs().float() * self._input_stat(name, module)
+
+    def channel_scores(self, name: str, module: nn.Module) -> torch.Tensor | None:
+        return self.out.get(name)
+
+
+def _reduce_except(t: torch.Tensor, dim: int) -> torch.Tensor:
+    dim = dim % t.dim()
+    return t.transpose(0, dim).reshape(t.shape[dim], -1).float()
+
+
+class ActivationImportance(_HookedImportance):
+    """Mean absolute activation over the calibration batches, per channel."""
+
+    name = "activation"
+
+    def _stat(self, t: torch.Tensor, channel_dim: int) -> torch.Tensor:
+        return _reduce_except(t, channel_dim).abs().mean(1)
+
+
+class APoZImportance(_HookedImportance):
+    """1 - APoZ: the fraction of non-positive (zero after ReLU) activations, Hu et al. 2016."""
+
+    name = "apoz"
+
+    def _stat(self, t: torch.Tensor, channel_dim: int) -> torch.Tensor:
+        return (_reduce_except(t, channel_dim) > 0).float().mean(1)
+
+
+class TaylorImportance(Importance):
+    """First-order Taylor |w x dL/dw| with the gradient accumulated over calibration batches."""
+
+    name = "taylor"
+    needs_data = True
+
+    def __init__(self, max_batches: int = 8) -> None:
+        self.max_batches = max_batches
+        self.acc: dict[str, torch.Tensor] = {}
+
+    def prepare(self, model: nn.Module, layers: Mapping[str, nn.Module], data: Batches | None) -> None:
+        super().prepare(model, layers, data)
+        self.acc = {}
+        was_training = model.training
+        model.eval()
+        try:
+            for k, batch in enumerate(data or []):
+                if k >= self.max_batches:
+                    break
+                x, y = _inputs_of(batch)
+                if y is None:
+                    raise ConfigError("importance 'taylor' needs labelled batches (inputs, labels)")
+                model.zero_grad(set_to_none=True)
+                out = model(x)
+                nn.functional.cross_entropy(out, y).backward()
+                for n, m in layers.items():
+                    w = _weight_param(m)
+                    if w.grad is not None:
+                        s = (module_weight(m).detach() * w.grad.detach()).abs()
+                        self.acc[n] = self.acc.get(n, 0) + s
+        finally:
+            model.zero_grad(set_to_none=True)
+            model.train(was_training)
+
+    def scores(self, name: str, module: nn.Module) -> torch.Tensor:
+        if name not in self.acc:
+            raise ConfigError(f"importance 'taylor': layer {name!r} received no gradient")
+        return self.acc[name].float()
+
+
+def module_weight(module: nn.Module) -> torch.Tensor:
+    return module.weight
+
+
+def _weight_param(module: nn.Module) -> torch.Tensor:
+    """The trainable tensor behind ``weight`` (the original under a mask parametrization)."""
+    if hasattr(module, "parametrizations") and "weight" in module.parametrizations:
+        return module.parametrizations["weight"].original
+    return module.weight
+
+
+CRITERIA: Registry[Callable[..., Importance]] = Registry("importance criterion")
+CRITERIA.add("l1", lambda **kw: MagnitudeImportance(p=1))
+CRITERIA.add("l2", lambda **kw: MagnitudeImportance(p=2))
+CRITERIA.add("random", lambda seed=0, **kw: RandomImportance(seed))
+CRITERIA.add("threshold", lambda **kw: ThresholdImportance())
+CRITERIA.add("std", lambda **kw: StdImportance())
+CRITERIA.add("activation", lambda max_batches=8, **kw: ActivationImportance(max_batches))
+CRITERIA.add("apoz", lambda max_batches=8, **kw: APoZImportance(max_batches))
+CRITERIA.add("taylor", lambda max_batches=8, **kw: TaylorImportance(max_batches))
+
+
+def get_importance(spec: str | Importance, **kwargs: Any) -> Importance:
+    """A criterion by registered name (``l1``, ``l2``, ``random``, ``threshold``, ``std``, ``activation``,
+    ``apoz``, ``taylor``) or an :class:`Importance` instance passed through."""
+    if isinstance(spec, Importance):
+        return spec
+    if not isinstance(spec, str):
+        raise ConfigError(f"importance must be a criterion name or an Importance, got {type(spec).__name__}")
+    return CRITERIA.get(spec)(**kwargs)

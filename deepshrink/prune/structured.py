@@ -1,0 +1,285 @@
+"""Structured pruning: physically remove channels, neurons and attention heads.
+
+``structured(model, example_inputs, ratio=0.5)`` traces a copy of ``model`` (torch.fx), groups coupled
+channels (:mod:`deepshrink.prune.graph`), scores each group with an :class:`Importance` summed over its
+members (each member's scores normalised by their mean), keeps the best ``1 - ratio`` of every group
+(rounded up to a multiple of ``round_to``) and slices the tensors. The result is a plain ``nn.Module`` of
+the same classes with smaller tensors; groups that cannot be pruned safely are left intact and listed.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from deepshrink.core.errors import ConfigError, ModelError
+from deepshrink.models.zoo import ARCH_ATTR
+from deepshrink.prune.engine import _loader, check_ratio
+from deepshrink.prune.graph import ChannelGraph, Member, Seg, build_graph, is_attention
+from deepshrink.prune.importance import Importance, get_importance
+from deepshrink.prune.resize import record_resized
+from deepshrink.prune.select import Pattern, matches
+
+
+@dataclass
+class GroupRow:
+    name: str  # the group's first producer
+    modules: list[str]
+    before: int
+    after: int
+
+
+@dataclass
+class StructuredReport:
+    """Kept/removed channels per group, heads per attention block, and everything left intact with why."""
+
+    groups: list[GroupRow] = field(default_factory=list)
+    heads: list[GroupRow] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    params_before: int = 0
+    params_after: int = 0
+
+
+def _weight_layers(model: nn.Module, graph: ChannelGraph) -> dict[str, nn.Module]:
+    names = {m.module for m in graph.members}
+    out = {n: model.get_submodule(n) for n in sorted(names)}
+    return {n: m for n, m in out.items() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))}
+
+
+def _reduce(scores: torch.Tensor, dim: int) -> torch.Tensor:
+    return scores.transpose(0, dim).reshape(scores.shape[dim], -1).sum(1)
+
+
+def _split(vec: torch.Tensor, segs: Sequence[Seg], root_of: Any) -> dict[int, torch.Tensor]:
+    """Per-channel contributions of a member's per-position vector to each group it spans."""
+    out: dict[int, torch.Tensor] = {}
+    off = 0
+    for s in segs:
+        part = vec[off:off + s.length * s.rep].view(s.length, s.rep).sum(1)
+        off += s.length * s.rep
+        r = root_of(s.gid)
+        out[r] = out.get(r, 0) + part
+    return out
+
+
+def group_scores(model: nn.Module, graph: ChannelGraph, imp: Importance) -> dict[int, torch.Tensor]:
+    """One score per channel of every free group: members' scores normalised by their mean, summed."""
+    layers = _weight_layers(model, graph)
+    free = graph.groups()
+    totals: dict[int, torch.Tensor] = {g: torch.zeros(graph.lengths[g]) for g in free}
+    for mem in graph.members:
+        mod = layers.get(mem.module)
+        if mod is None:
+            continue
+        w = imp.scores(mem.module, mod).float()
+        if mem.role == "out":
+            vec = imp.channel_scores(mem.module, mod)
+            vec = _reduce(w, 0) if vec is None else vec.float().flatten()
+        elif mem.role == "chan":
+            vec = _reduce(w, 0)
+        else:
+            vec = _reduce(w, 1)
+        for r, part in _split(vec, mem.segs, graph.find).items():
+            if r in totals and part.numel() == totals[r].numel():
+                mean = part.mean()
+                totals[r] += part / mean if mean > 0 else part
+    return totals
+
+
+def _keep_count(n: int, ratio: float, round_to: int) -> int:
+    keep = n - math.floor(ratio * n)
+    keep = min(n, math.ceil(keep / round_to) * round_to)
+    return keep
+
+
+def _seg_index(segs: Sequence[Seg], keep: Mapping[int, torch.Tensor], root_of: Any) -> torch.Tensor:
+    idx, off = [], 0
+    for s in segs:
+        k = keep.get(root_of(s.gid))
+        k = torch.arange(s.length) if k is None else k
+        pos = (k.view(-1, 1) * s.rep + torch.arange(s.rep).view(1, -1)).flatten()
+        idx.append(pos + off)
+        off += s.length * s.rep
+    return torch.cat(idx)
+
+
+def _slice_param(mod: nn.Module, name: str, dim: int, idx: torch.Tensor) -> None:
+    p = getattr(mod, name, None)
+    if p is None:
+        return
+    new = p.detach().index_select(dim, idx).clone()
+    if isinstance(p, nn.Parameter):
+        setattr(mod, name, nn.Parameter(new, requires_grad=p.requires_grad))
+    else:
+        setattr(mod, name, new)
+
+
+def _apply_member(mod: nn.Module, mem: Member, idx: torch.Tensor) -> None:
+    n = int(idx.numel())
+    if isinstance(mod, nn.modules.conv._ConvNd):
+        if mem.role == "out":
+            _slice_param(mod, "weight", 0, idx)
+            _slice_param(mod, "bias", 0, idx)
+            mod.out_channels = n
+        elif mem.role == "in":
+            _slice_param(mod, "weight", 1, idx)
+            mod.in_channels = n
+        else:  # depthwise
+            _slice_param(mod, "weight", 0, idx)
+            _slice_param(mod, "bias", 0, idx)
+            mod.in_channels = mod.out_channels = mod.groups = n
+    elif isinstance(mod, nn.Linear):
+        if mem.role == "out":
+            _slice_param(mod, "weight", 0, idx)
+            _slice_param(mod, "bias", 0, idx)
+            mod.out_features = n
+        else:
+            _slice_param(mod, "weight", 1, idx)
+            mod.in_features = n
+    elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
+        for p in ("weight", "bias", "running_mean", "running_var"):
+            _slice_param(mod, p, 0, idx)
+        mod.num_features = n
+    elif isinstance(mod, nn.Embedding):
+        _slice_param(mod, "weight", 1, idx)
+        mod.embedding_dim = n
+    else:
+        raise ModelError(f"cannot slice {type(mod).__name__} {mem.module!r}")
+
+
+def _head_scores(name: str, attn: nn.Module, imp: Importance) -> torch.Tensor:
+    h, d = attn.heads, attn.head_dim
+    q = imp.scores(f"{name}.qkv", attn.qkv).float().sum(1).view(3, h, d).sum((0, 2))
+    p = imp.scores(f"{name}.proj", attn.proj).float().sum(0).view(h, d).sum(1)
+    return q / q.mean().clamp_min(1e-12) + p / p.mean().clamp_min(1e-12)
+
+
+def _prune_heads(attn: nn.Module, keep: torch.Tensor) -> None:
+    h, d = attn.heads, attn.head_dim
+    rows = (keep.view(1, -1, 1) * d + torch.arange(d).view(1, 1, -1) + torch.arange(3).view(3, 1, 1) * h * d)
+    _apply_member(attn.qkv, Member("qkv", "out", ()), rows.flatten())
+    cols = (keep.view(-1, 1) * d + torch.arange(d).view(1, -1)).flatten()
+    _apply_member(attn.proj, Member("proj", "in", ()), cols)
+    attn.heads = int(keep.numel())
+
+
+def _ratio_for(names: Sequence[str], ratio: float | Mapping[str, float]) -> float:
+    if not isinstance(ratio, Mapping):
+        return ratio
+    value = ratio.get("*", 0.0)
+    for pat, r in ratio.items():
+        if any(fnmatch.fnmatchcase(n, pat) for n in names):
+            value = r
+    return value
+
+
+def structured_with_report(
+    model: nn.Module, example_inputs: Any, *, ratio: float | Mapping[str, float] = 0.5,
+    importance: str | Importance = "l2", ignore: Sequence[Pattern] = (), round_to: int = 1,
+    global_scope: bool = False, heads: bool = True, calibration: Any = None,
+    importance_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[nn.Module, StructuredReport]:
+    """:func:`structured`, also returning the :class:`StructuredReport`."""
+    ratios = ratio.values() if isinstance(ratio, Mapping) else [ratio]
+    for r in ratios:
+        check_ratio(r, "structured ratio")
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise ConfigError(f"round_to must be an integer >= 1, got {round_to!r}")
+    for _, mod in model.named_modules():
+        if parametrize.is_parametrized(mod):
+            raise ModelError("model still carries masks/parametrizations; call remove_masks() first")
+    pruned = copy.deepcopy(model).eval()
+    gm, graph = build_graph(pruned, example_inputs)
+    named = dict(pruned.named_modules())
+    for pat in ignore:
+        hit = [n for n, m in named.items() if n and matches(pat, n, m)]
+        if not hit:
+            raise ConfigError(f"ignore pattern {pat!r} matches no layer")
+        for mem in graph.members:
+            if mem.module in hit and mem.role == "out":
+                graph.block(mem.segs, f"{mem.module}: ignored by the user")
+    imp = get_importance(importance, **dict(importance_kwargs or {}))
+    layers = _weight_layers(pruned, graph)
+    for name in graph.attention:
+        attn = pruned.get_submodule(name)
+        layers[f"{name}.qkv"], layers[f"{name}.proj"] = attn.qkv, attn.proj
+    imp.prepare(pruned, layers, _loader(calibration))
+    report = StructuredReport(params_before=sum(p.numel() for p in model.parameters()))
+    free = graph.groups()
+    scores = group_scores(pruned, graph, imp)
+    keep: dict[int, torch.Tensor] = {}
+    counts: dict[int, int] = {}
+    producers = {g: [m.module for m in ms if m.role == "out"] for g, ms in free.items()}
+    if global_scope:
+        target = _ratio_for([], ratio) if isinstance(ratio, Mapping) else ratio
+        normed = {g: s / s.mean().clamp_min(1e-12) for g, s in scores.items()}
+        allv = torch.cat(list(normed.values())) if normed else torch.zeros(0)
+        k = int(math.floor(target * allv.numel()))
+        cut = allv.kthvalue(k).values if k > 0 else -math.inf
+        for g, s in normed.items():
+            n = int((s > cut).sum())
+            counts[g] = min(len(s), max(round_to, math.ceil(max(n, 1) / round_to) * round_to))
+    else:
+        for g in free:
+            counts[g] = _keep_count(graph.lengths[g], _ratio_for(producers[g], ratio), round_to)
+    for g, n in counts.items():
+        if n < 1:
+            raise ModelError(f"pruning would leave {producers[g][0]} with zero channels")
+        keep[g] = scores[g].topk(n).indices.sort().values
+        mods = sorted({m.module for m in free[g]})
+        report.groups.append(GroupRow(producers[g][0], mods, graph.lengths[g], n))
+    for mem in graph.members:
+        roots = {graph.find(s.gid) for s in mem.segs}
+        if not roots & set(keep):
+            continue
+        if mem.role == "out":
+            idx = keep[graph.find(mem.segs[0].gid)]
+        else:
+            idx = _seg_index(mem.segs, keep, graph.find)
+        _apply_member(pruned.get_submodule(mem.module), mem, idx)
+    if heads:
+        for name in graph.attention:
+            attn = pruned.get_submodule(name)
+            r = _ratio_for([name], ratio)
+            n = attn.heads - math.floor(r * attn.heads)
+            if n < attn.heads:
+                hk = _head_scores(name, attn, imp).topk(n).indices.sort().values
+                report.heads.append(GroupRow(name, [name], attn.heads, n))
+                _prune_heads(attn, hk)
+    for g, reason in graph.blocked.items():
+        report.skipped.setdefault(reason.split(":")[0], reason)
+    report.skipped.update({k: v for k, v in graph.notes.items() if k not in report.skipped})
+    report.params_after = sum(p.numel() for p in pruned.parameters())
+    spec = getattr(model, ARCH_ATTR, None)
+    if spec is not None:
+        setattr(pruned, ARCH_ATTR, {**spec, "resized": record_resized(pruned)})
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            example = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+            out_before, out_after = model.eval()(*example), pruned(*example)
+    except RuntimeError as exc:
+        raise ModelError(f"pruned model fails on the example input: {str(exc).splitlines()[0]}") from None
+    finally:
+        model.train(was_training)
+    if getattr(out_before, "shape", None) != getattr(out_after, "shape", None):
+        raise ModelError("pruning changed the output shape; refusing to return a wrong model")
+    return pruned, report
+
+
+def structured(model: nn.Module, example_inputs: Any, *, ratio: float | Mapping[str, float] = 0.5,
+               importance: str | Importance = "l2", ignore: Sequence[Pattern] = (), round_to: int = 1,
+               **kwargs: Any) -> nn.Module:
+    """Remove ``ratio`` of the channels of every prunable group (and attention heads); ``model`` is not
+    modified. ``ratio`` may map module-name globs to ratios (``"*"`` the default). ``ignore`` keeps the
+    matching layers' outputs intact. Returns a plain ``nn.Module`` with smaller tensors."""
+    return structured_with_report(model, example_inputs, ratio=ratio, importance=importance, ignore=ignore,
+                                  round_to=round_to, **kwargs)[0]
