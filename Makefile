@@ -35,7 +35,11 @@ demo: $(VENV)/.stamp-base
 test: $(VENV)/.stamp-dev
 	$(PY) -m pytest -q
 
-bench: $(VENV)/.stamp-dev
+$(VENV)/.stamp-bench: $(VENV)/.stamp-dev pyproject.toml
+	$(PIP) install -e ".[dev,bench]"
+	touch $@
+
+bench: $(VENV)/.stamp-bench
 	$(PY) benchmarks/run_all.py
 
 fuzz: $(VENV)/.stamp-dev

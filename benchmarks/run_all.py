@@ -11,6 +11,9 @@ ROOT = Path(__file__).resolve().parent
 BENCHMARKS: list[list[str]] = [
     ["bench_deep_compression.py", "--recipes", "default", "--result-name", "deep_compression_default"],
     ["bench_deep_compression.py", "--recipes", "paper", "--result-name", "deep_compression_paper"],
+    ["bench_quantization.py"],
+    ["bench_pruning.py"],
+    ["bench_factorize.py"],
 ]
 
 
