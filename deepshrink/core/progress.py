@@ -10,7 +10,7 @@ T = TypeVar("T")
 
 
 def progress_enabled(requested: bool | None = None) -> bool:
-    """Bars are on unless asked off or DEEPSHRINK_PROGRESS=0 (the test suite sets it)."""
+    """Bars are on unless asked off or DEEPSHRINK_PROGRESS=0 (the test suite sets it); only on a terminal."""
     if requested is not None:
         return requested
     return os.environ.get("DEEPSHRINK_PROGRESS", "1") != "0"
@@ -25,6 +25,10 @@ def track(items: Iterable[T], description: str, total: int | None = None,
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    console = Console(stderr=True)
+    if not console.is_terminal:  # a log file or CI: no bar, no blank lines
+        yield from items
+        return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+    with Progress(*columns, console=console, transient=True) as bar:
         yield from bar.track(items, total=total, description=description)
