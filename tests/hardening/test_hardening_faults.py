@@ -9,6 +9,8 @@ import os
 import random
 import resource
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -244,3 +246,18 @@ def test_real_file_size_limit_gives_a_clear_error_with_the_old_file_intact(tmp_p
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
     assert report.read_text() == f"cannot write {path}: File too large"
     assert path.read_bytes() == before and not _temps(tmp_path)
+
+
+def test_temp_files_of_killed_writers_are_cleaned_on_the_next_save(tmp_path: Path) -> None:
+    from deepshrink.core.fileio import atomic_write_bytes
+
+    target = tmp_path / "model.dsk"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    orphan = tmp_path / f".model.dsk.{int(dead.stdout)}.abc123.tmp"  # as a SIGKILLed writer leaves it
+    orphan.write_bytes(b"half")
+    live = tmp_path / f".model.dsk.{os.getpid()}.xyz.tmp"  # ours (a concurrent writer): kept
+    live.write_bytes(b"busy")
+    atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"new"
+    assert not orphan.exists() and live.exists()
