@@ -24,6 +24,8 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
     except OSError as exc:
         raise ArtifactError(f"cannot write {target}: {exc.strerror or exc}") from None
+    with contextlib.suppress(OSError):  # mkstemp makes 0600; give the file the mode a plain open() would
+        os.fchmod(fd, _file_mode(target))
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh
@@ -44,6 +46,16 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _file_mode(target: Path) -> int:
+    """The replaced file's mode, or 0666 minus the umask for a new file."""
+    try:
+        return target.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _pid_alive(pid: int) -> bool:

@@ -261,3 +261,19 @@ def test_temp_files_of_killed_writers_are_cleaned_on_the_next_save(tmp_path: Pat
     atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"new"
     assert not orphan.exists() and live.exists()
+
+
+def test_atomic_writes_get_the_mode_a_plain_open_would(tmp_path: Path) -> None:
+    from deepshrink.core.fileio import atomic_write_bytes
+
+    umask = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "new.bin", b"x")
+        assert (tmp_path / "new.bin").stat().st_mode & 0o777 == 0o644
+        existing = tmp_path / "kept.bin"
+        existing.write_bytes(b"old")
+        existing.chmod(0o600)
+        atomic_write_bytes(existing, b"new")
+        assert existing.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(umask)
