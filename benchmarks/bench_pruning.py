@@ -157,7 +157,7 @@ def structured_part(data, epochs: int, ft_epochs: int, rounds: int, lines: list[
     lines += ["### Structured: 50% of channels (L2), then fine-tuning; latency batch 64, 2 threads", "",
               f"Baseline {epochs} epochs Adam; each pruned model then gets the same {ft_epochs} epochs of "
               "fine-tuning. Latencies are medians measured **interleaved round-robin in one run** "
-              f"({rounds} rounds) so only ratios within this table "
+              f"({rounds} rounds), so only ratios within this table "
               "compare." + ("" if have_tp else " Torch-Pruning is not installed: its rows are missing."), "",
               markdown_table(["model", "method", "acc %", "params", "MACs", "median ms", "speedup",
                               ">= 1.8x, <= 1 pt"], rows), "",

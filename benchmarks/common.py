@@ -24,8 +24,9 @@ def machine() -> str:
                 break
     except OSError:
         pass
+    load = ", load average %.1f at write time" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"Python {platform.python_version()}")
+            f"Python {platform.python_version()}{load}")
 
 
 def git_rev() -> str:
