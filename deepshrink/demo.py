@@ -141,7 +141,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                   f"{m['artifact_bytes']:,} bytes in `{Path(m['artifact']).name}` "
                   f"(header + metadata {m['meta_bytes']:,} bytes). Accuracy "
                   f"{100 * m['baseline']['accuracy']:.1f}% -> {100 * m['stages'][-1]['accuracy']:.1f}% "
-                  f"({m['accuracy_drop_points']:+.1f} points drop); reloaded outputs differ by at most "
+                  f"({-m['accuracy_drop_points']:+.1f} points); reloaded outputs differ by at most "
                   f"{m['roundtrip_max_abs_diff']:.3g}.", ""]
         stages = [m["baseline"], *m["stages"]]
         lines += [markdown_table(dcr.STAGE_HEADERS, [dcr.stage_cells(s, m["fp32_bytes"]) for s in stages]), ""]
