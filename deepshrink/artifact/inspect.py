@@ -9,7 +9,8 @@ from typing import Any
 from deepshrink.codec import container
 from deepshrink.core.errors import CorruptArtifactError
 
-_STREAM_OF = {"blob": "dense", "iblob": "index", "vblob": "values", "cblob": "codebook"}
+_STREAM_OF = {"blob": "dense", "iblob": "index", "vblob": "values", "cblob": "codebook",
+              "qblob": "codes", "sblob": "scales", "zblob": "zero_points", "lblob": "levels"}
 
 
 def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -28,10 +29,11 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
         streams = {_STREAM_OF[k]: summary["blobs"].get(v, 0) for k, v in t.items() if k in _STREAM_OF}
         nnz = t.get("nnz")
         k = t.get("k")
+        bits = t.get("bits") if isinstance(t.get("bits"), int) else None
         layers.append({
             "name": name, "shape": t["shape"], "encoding": t.get("enc"), "numel": numel,
             "nonzeros": nnz, "sparsity": (1.0 - nnz / numel) if isinstance(nnz, int) and numel else None,
-            "weight_bits": math.ceil(math.log2(k)) if isinstance(k, int) and k > 1 else None,
+            "weight_bits": bits or (math.ceil(math.log2(k)) if isinstance(k, int) and k > 1 else None),
             "dtype": t.get("dtype"), "index_bits": t.get("ibits"),
             "index_coding": t.get("icode"), "value_coding": t.get("vcode"),
             "bytes": sum(streams.values()), "streams": streams,

@@ -120,3 +120,15 @@ def test_baseline_cache_round_trip(tmp_path):
     assert (reused, reused_again) == (False, True)
     x = load_data("mnist5k").test.tensors[0][:8]
     assert torch.equal(model(x), again(x))
+
+
+def test_inspect_shows_packed_low_bit_weights(tmp_path):
+    from deepshrink.artifact.quantized import save_quantized
+    from deepshrink.quantize import IntWeightConfig, quantize
+
+    path = tmp_path / "q4.dsk"
+    save_quantized(quantize(create("lenet300"), IntWeightConfig(bits=4)), path)
+    proc = _cli("inspect", str(path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    fc1 = next(t for t in json.loads(proc.stdout)["layers"] if t["name"] == "fc1.weight")
+    assert fc1["weight_bits"] == 4 and fc1["streams"]["codes"] == 300 * 784 // 2
