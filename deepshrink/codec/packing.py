@@ -4,27 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from deepshrink.codec._checks import check_int
 from deepshrink.core.errors import ConfigError, CorruptArtifactError
 
 MAX_PACK_BITS = 16
 
 
 def _check_bits(bits: int) -> int:
-    """Return ``bits`` as an int, or raise ConfigError when it is not a width in 1..16."""
-    if (
-        isinstance(bits, bool)
-        or not isinstance(bits, (int, np.integer))
-        or not 1 <= int(bits) <= MAX_PACK_BITS
-    ):
-        raise ConfigError(f"bit width must be an integer in 1..{MAX_PACK_BITS}, got {bits!r}")
-    return int(bits)
+    return check_int(bits, "bit width", 1, MAX_PACK_BITS)
 
 
 def _check_count(count: int) -> int:
-    """Return ``count`` as an int, or raise ConfigError when it is not a non-negative integer."""
-    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or int(count) < 0:
-        raise ConfigError(f"value count must be a non-negative integer, got {count!r}")
-    return int(count)
+    return check_int(count, "value count", 0)
 
 
 def packed_nbytes(count: int, bits: int) -> int:

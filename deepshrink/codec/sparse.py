@@ -13,27 +13,18 @@ from collections.abc import Iterable
 import numpy as np
 
 from deepshrink.codec.huffman import encoded_payload_bits
+from deepshrink.codec._checks import check_int
 from deepshrink.core.errors import ConfigError, CorruptArtifactError
 
 MAX_INDEX_BITS = 16
 
 
 def _check_bits(bits: int) -> int:
-    """Return the index width as an int, or raise ConfigError unless it is in 1..16."""
-    if (
-        isinstance(bits, bool)
-        or not isinstance(bits, (int, np.integer))
-        or not 1 <= int(bits) <= MAX_INDEX_BITS
-    ):
-        raise ConfigError(f"index width must be an integer in 1..{MAX_INDEX_BITS}, got {bits!r}")
-    return int(bits)
+    return check_int(bits, "index width", 1, MAX_INDEX_BITS)
 
 
 def _check_length(length: int) -> int:
-    """Return the flattened array length as an int, or raise ConfigError when it is negative."""
-    if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or int(length) < 0:
-        raise ConfigError(f"array length must be a non-negative integer, got {length!r}")
-    return int(length)
+    return check_int(length, "array length", 0)
 
 
 def _gaps(positions: np.ndarray, length: int) -> np.ndarray:
