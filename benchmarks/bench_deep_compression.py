@@ -68,7 +68,7 @@ def main() -> None:
         for model, m in rep["models"].items():
             lines += [f"### {model}, recipe `{rname}`, seed 0: per layer (as the paper's Tables 2-3)", "",
                       markdown_table(dcr.LAYER_HEADERS, [dcr.table_cells(r, 2) for r in [*m["layers"], m["total"]]]),
-                      "", f"Index coding per layer: "
+                      "", "Index coding per layer: "
                       + ", ".join(f"{r['layer']} {r['index_bits_pq']}-bit {r['index_coding']}, "
                                   f"{r['fillers']} fillers" for r in m["layers"])
                       + f". Header + metadata: {m['meta_bytes']} bytes of {m['artifact_bytes']}.", ""]

@@ -23,7 +23,7 @@ from torch.nn.utils import parametrize
 from deepshrink.core.errors import ConfigError, ModelError
 from deepshrink.models.zoo import ARCH_ATTR
 from deepshrink.prune.engine import _loader, check_ratio
-from deepshrink.prune.graph import ChannelGraph, Member, Seg, build_graph, is_attention
+from deepshrink.prune.graph import ChannelGraph, Member, Seg, build_graph
 from deepshrink.prune.importance import Importance, get_importance
 from deepshrink.prune.resize import record_resized
 from deepshrink.prune.select import Pattern, matches
