@@ -145,25 +145,39 @@ class KMeansConfig(QuantConfig):
 
 @dataclass(frozen=True)
 class BinaryConfig(QuantConfig):
-    """Binary weights ``alpha * sign(w)``, ``alpha = mean |w|`` per channel (or per tensor)."""
+    """Binary weights ``alpha * sign(w)``, ``alpha = mean |w|`` per channel (or per tensor).
+
+    ``trainable=True`` attaches a straight-through fake quantizer for BinaryConnect-style training
+    (train, then ``freeze``) instead of frozen codes."""
 
     granularity: str = "per_channel"
+    trainable: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _granularity(self.granularity, 1)
+        if self.granularity == "per_group":
+            raise ConfigError("binary weights support per_tensor or per_channel")
+        if not isinstance(self.trainable, bool):
+            raise ConfigError(f"trainable must be a bool, got {self.trainable!r}")
 
 
 @dataclass(frozen=True)
 class TernaryConfig(QuantConfig):
-    """Ternary weights (TWN): ``delta = threshold * mean |w|``, closed-form ``alpha``."""
+    """Ternary weights (TWN): ``delta = threshold * mean |w|``, closed-form ``alpha``; ``trainable=True``
+    for quantization-aware training with the straight-through estimator."""
 
     threshold: float = 0.7
     granularity: str = "per_channel"
+    trainable: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _granularity(self.granularity, 1)
+        if self.granularity == "per_group":
+            raise ConfigError("ternary weights support per_tensor or per_channel")
+        if not isinstance(self.trainable, bool):
+            raise ConfigError(f"trainable must be a bool, got {self.trainable!r}")
         if not 0 <= self.threshold < 10:
             raise ConfigError(f"ternary threshold must be in [0, 10), got {self.threshold}")
 

@@ -39,7 +39,7 @@ from deepshrink.quantize.modules import (
     input_quantizers,
 )
 from deepshrink.quantize.observers import make_observer
-from deepshrink.quantize.qat import FakeQuantWeight, LSQWeight
+from deepshrink.quantize.qat import TRAINABLE, FakeBinaryWeight, FakeQuantWeight, FakeTernaryWeight, LSQWeight
 
 Handler = Callable[[nn.Module, str, Any], None]
 HANDLERS: dict[type, Handler] = {}
@@ -68,7 +68,7 @@ def _weight(module: nn.Module, where: str) -> torch.Tensor:
     if not isinstance(w, torch.Tensor):
         raise ModelError(f"{where}: {type(module).__name__} has no weight tensor to quantize")
     if parametrize.is_parametrized(module, "weight") and any(
-            isinstance(p, (QuantizedWeight, FakeQuantWeight, LSQWeight))
+            isinstance(p, (QuantizedWeight, *TRAINABLE))
             for p in module.parametrizations["weight"]):
         raise ConfigError(f"{where}: the weight is already quantized")
     w = w.detach().float()
@@ -117,6 +117,9 @@ def _pow2(module: nn.Module, where: str, cfg: PowerOfTwoConfig) -> None:
 @register_handler(BinaryConfig)
 def _binary(module: nn.Module, where: str, cfg: BinaryConfig) -> None:
     w = _weight(module, where)
+    if cfg.trainable:
+        attach(module, FakeBinaryWeight(cfg.granularity))
+        return
     codes, scale, zp = P.binary_params(P.grouped(w, cfg.granularity))  # type: ignore[arg-type]
     attach(module, QuantizedWeight(codes, 1, tuple(w.shape), scale=scale, zero_point=zp, scheme="binary"))
 
@@ -124,6 +127,9 @@ def _binary(module: nn.Module, where: str, cfg: BinaryConfig) -> None:
 @register_handler(TernaryConfig)
 def _ternary(module: nn.Module, where: str, cfg: TernaryConfig) -> None:
     w = _weight(module, where)
+    if cfg.trainable:
+        attach(module, FakeTernaryWeight(cfg.threshold, cfg.granularity))
+        return
     codes, scale, zp = P.ternary_params(P.grouped(w, cfg.granularity), cfg.threshold)  # type: ignore[arg-type]
     attach(module, QuantizedWeight(codes, 2, tuple(w.shape), scale=scale, zero_point=zp, scheme="ternary"))
 

@@ -4,7 +4,9 @@
 keep learning while the forward pass sees quantized values. Values clipped by the range get zero
 gradient. LSQ (Esser et al. 2020) also learns the step size ``s`` with gradient scale
 ``1 / sqrt(numel * q_max)``. After training, ``freeze`` turns each fake quantizer into a frozen
-``QuantizedWeight`` (integer codes), exactly matching the eval-mode fake-quant output.
+``QuantizedWeight`` (integer codes), exactly matching the eval-mode fake-quant output. Binary
+(BinaryConnect / XNOR scale) and ternary (TWN) weights train the same way (``BinaryConfig(trainable=True)``,
+``TernaryConfig(trainable=True)``).
 """
 
 from __future__ import annotations
@@ -106,6 +108,77 @@ class LSQWeight(nn.Module):
                                zero_point=zp, scheme="lsq")
 
 
+class _SignSTE(torch.autograd.Function):
+    """``+-1`` (``w >= 0`` -> +1, as the stored codes) forward; gradient passed where ``|w| <= clip``."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, clip: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(w, clip)
+        return torch.where(w >= 0, torch.ones_like(w), -torch.ones_like(w))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        w, clip = ctx.saved_tensors
+        return grad * (w.abs() <= clip).to(grad.dtype), None
+
+
+class _Replace(torch.autograd.Function):
+    """Forward ``hard`` bit for bit, backward the identity to ``w`` (the STE)."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return hard.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad, None
+
+
+class FakeBinaryWeight(nn.Module):
+    """BinaryConnect / XNOR-Net training: forward ``alpha sign(w)`` with ``alpha = mean |w|`` per channel;
+    backward the straight-through estimator, cancelled where ``|w| > clip`` (BinaryConnect's clipping of
+    the real-valued weights to ``[-1, 1]``: the hard-tanh STE), so weights cannot drift without bound."""
+
+    def __init__(self, granularity: str = "per_channel", clip: float = 1.0) -> None:
+        super().__init__()
+        self.granularity = granularity
+        self.clip = clip
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        w3 = P.grouped(w, self.granularity)
+        alpha = torch.clamp(w3.abs().mean(dim=2, keepdim=True), min=P.EPS)
+        clip = torch.tensor(self.clip, dtype=w.dtype, device=w.device)
+        return (alpha * _SignSTE.apply(w3, clip)).reshape(w.shape)
+
+    def freeze(self, w: torch.Tensor) -> QuantizedWeight:
+        codes, scale, zp = P.binary_params(P.grouped(w.detach(), self.granularity))
+        return QuantizedWeight(codes, 1, tuple(w.shape), scale=scale, zero_point=zp, scheme="binary")
+
+
+class FakeTernaryWeight(nn.Module):
+    """TWN training: forward ``alpha * sign(w) * [|w| > delta]``, ``delta = threshold * mean |w|``, alpha the
+    closed-form mean of the kept magnitudes (per channel); straight-through gradient to ``w``."""
+
+    def __init__(self, threshold: float = 0.7, granularity: str = "per_channel") -> None:
+        super().__init__()
+        self.threshold = threshold
+        self.granularity = granularity
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        w3 = P.grouped(w, self.granularity)
+        with torch.no_grad():
+            codes, alpha, zp = P.ternary_params(w3, self.threshold)
+            hard = P.dequantize(codes, alpha, zp)
+        return _Replace.apply(w3, hard).reshape(w.shape)  # exactly the frozen values; identity gradient
+
+    def freeze(self, w: torch.Tensor) -> QuantizedWeight:
+        codes, scale, zp = P.ternary_params(P.grouped(w.detach(), self.granularity), self.threshold)
+        return QuantizedWeight(codes, 2, tuple(w.shape), scale=scale, zero_point=zp, scheme="ternary")
+
+
+TRAINABLE = (FakeQuantWeight, LSQWeight, FakeBinaryWeight, FakeTernaryWeight)
+
+
 def freeze(model: nn.Module) -> nn.Module:
     """Replace every fake/LSQ weight quantizer (in place) by frozen integer codes; returns ``model``."""
     from torch.nn.utils import parametrize
@@ -116,7 +189,7 @@ def freeze(model: nn.Module) -> nn.Module:
         for name in list(module.parametrizations.keys()):
             plist = module.parametrizations[name]
             fq = plist[-1]
-            if not isinstance(fq, (FakeQuantWeight, LSQWeight)):
+            if not isinstance(fq, TRAINABLE):
                 continue
             with torch.no_grad():
                 w = plist.original

@@ -163,11 +163,27 @@ def _fx_static(model: nn.Module, qc: Any, batches: list[torch.Tensor]) -> nn.Mod
 
 def to_int8(model: nn.Module, calibration_data: Any = None, *, mode: str = "static", observer: str = "minmax",
             per_channel: bool = True, graph: str = "auto", engine: str = "x86", strict: bool = False,
-            max_batches: int = 8) -> Int8Model:
+            max_batches: int = 8, backend: str = "torch", **backend_options: Any) -> Int8Model:
     """Convert a float model (masks are baked in) to one that runs int8 kernels.
 
-    ``graph``: ``fx``, ``eager`` or ``auto`` (FX, eager when the model cannot be traced).
+    ``backend``: ``torch`` (``torch.ao.quantization``; ``graph`` is ``fx``, ``eager`` or ``auto`` = FX,
+    eager when the model cannot be traced) or ``onnxruntime`` (ONNX export with QDQ nodes run by ORT's
+    integer kernels; ``backend_options`` go to ``backends.onnxruntime.to_onnxruntime``, e.g.
+    ``threads``, ``float_layers``).
     """
+    if backend == "onnxruntime":
+        from deepshrink.quantize.backends.onnxruntime import to_onnxruntime
+
+        if mode not in ("static", "dynamic"):
+            raise ConfigError(f"int8 mode must be static or dynamic, got {mode!r}")
+        module, fallbacks = to_onnxruntime(model, calibration_data, mode=mode, observer=observer,
+                                           per_channel=per_channel, strict=strict, max_batches=max_batches,
+                                           **backend_options)
+        return Int8Model(module, f"onnxruntime-{mode}", fallbacks)
+    if backend != "torch":
+        raise ConfigError(f"int8 backend must be torch or onnxruntime, got {backend!r}")
+    if backend_options:
+        raise ConfigError(f"unknown options for the torch backend: {', '.join(sorted(backend_options))}")
     if mode not in ("static", "dynamic"):
         raise ConfigError(f"int8 mode must be static or dynamic, got {mode!r}")
     if graph not in ("auto", "fx", "eager"):
