@@ -3,6 +3,9 @@
 Compression stages plug in through the model itself (masks and shared weights are
 parametrizations, so gradients and updates respect them with no trainer support needed)
 and through an optional ``loss_fn`` (e.g. distillation).
+
+Under ``torchrun --nproc_per_node=N`` the same ``fit`` trains with DistributedDataParallel
+(see ``deepshrink.train.distributed``): ``batch_size`` stays the global batch, split over ranks.
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
 
 from deepshrink.core.errors import ConfigError, DeepShrinkError
 from deepshrink.core.fileio import atomic_writer
 from deepshrink.core.guards import check_gradients, check_weights
 from deepshrink.core.progress import track
+from deepshrink.train import distributed
+from deepshrink.train.distributed import DistContext
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -113,7 +119,7 @@ class Trainer:
                  progress: bool | None = None, description: str = "train") -> None:
         self.model = model
         self.cfg = config
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = distributed.local_device(torch.device(device) if device is not None else default_device())
         self.loss_fn = loss_fn or self._cross_entropy
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.progress = progress
@@ -124,36 +130,48 @@ class Trainer:
 
     def fit(self, data: Dataset | DataLoader) -> TrainResult:
         cfg = self.cfg
-        seed_everything(cfg.seed)
+        ctx = distributed.setup(self.device)
+        seed_everything(cfg.seed + (ctx.rank if ctx else 0))  # rank 0 seeds as a single process does
         if len(data) == 0:
             raise ConfigError("train: the training data is empty")
         shuffle_gen = torch.Generator()
-        loader = data if isinstance(data, DataLoader) else DataLoader(
-            data, batch_size=cfg.batch_size, shuffle=True, generator=shuffle_gen, drop_last=False,
-        )
+        loader, sampler = self._loader(data, shuffle_gen, ctx)
         self.model.to(self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ConfigError("train: the model has no trainable parameters")
         opt = make_optimizer(params, cfg)
         sched = make_schedule(opt, cfg, len(loader))
-        start_epoch, history = self._resume(opt, sched)
+        distributed.barrier(ctx)  # no rank reads a checkpoint that rank 0 may still be writing
+        start_epoch, history = self._resume(opt, sched, ctx)
         was_training = self.model.training
         self.model.train()
+        net = self._wrap(ctx)
         steps = start_epoch * len(loader)
         epoch_loss = history[-1] if history else float("nan")
+        show = self.progress if ctx is None or ctx.is_main else False
         for epoch in range(start_epoch, cfg.epochs):
             total, count = 0.0, 0
             # Each epoch's order depends only on (seed, epoch), so a resumed run sees the same batches.
             shuffle_gen.manual_seed(cfg.seed * 100_003 + epoch)
+            if sampler is not None:
+                sampler.set_epoch(epoch)
             batches = track(loader, f"{self.description} {epoch + 1}/{cfg.epochs}", total=len(loader),
-                            enabled=self.progress)
+                            enabled=show)
             for x, y in batches:
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                loss = self.loss_fn(self.model, x, y)
-                if not torch.isfinite(loss):
+                loss = self.loss_fn(net, x, y)
+                if ctx is not None:  # every rank sees the global loss, so all stop together on divergence
+                    summed = distributed.all_reduce_sum(
+                        torch.stack([loss.detach().double() * len(y), torch.tensor(float(len(y)),
+                                     dtype=torch.float64, device=loss.device)]), ctx)
+                    step_total, step_count = float(summed[0]), float(summed[1])
+                    step_loss = step_total / max(1.0, step_count)
+                else:
+                    step_loss = float(loss.detach())
+                if not math.isfinite(step_loss):
                     raise DeepShrinkError(
-                        f"{self.description}: loss became {loss.item()} at epoch {epoch + 1}, step {steps}; "
+                        f"{self.description}: loss became {step_loss} at epoch {epoch + 1}, step {steps}; "
                         "training diverged (lower the learning rate)"
                     )
                 opt.zero_grad(set_to_none=True)
@@ -166,32 +184,79 @@ class Trainer:
                 opt.step()
                 sched.step()
                 steps += 1
-                total += loss.item() * len(y)
-                count += len(y)
+                if ctx is not None:
+                    total += step_total
+                    count += int(step_count)
+                else:
+                    total += loss.item() * len(y)
+                    count += len(y)
             epoch_loss = total / max(1, count)
             history.append(epoch_loss)
             # a finite loss can still leave NaN/inf weights after the last step: never checkpoint those
             check_weights(self.model, f"{self.description}: after epoch {epoch + 1}; training diverged")
-            self._save_checkpoint(epoch + 1, opt, sched, history)
+            self._save_checkpoint(epoch + 1, steps, opt, sched, history, ctx)
         self.model.train(was_training)
         return TrainResult(epochs_run=cfg.epochs - start_epoch, steps=steps, final_loss=epoch_loss,
                            history=history)
 
-    def _save_checkpoint(self, epoch: int, opt, sched, history: list[float]) -> None:
+    def _loader(self, data: Dataset | DataLoader, shuffle_gen: torch.Generator,
+                ctx: DistContext | None) -> tuple[DataLoader, DistributedSampler | None]:
+        """The batches of one process: the data as given alone; a rank's shard of each global batch under DDP."""
+        if ctx is None:
+            loader = data if isinstance(data, DataLoader) else DataLoader(
+                data, batch_size=self.cfg.batch_size, shuffle=True, generator=shuffle_gen, drop_last=False,
+            )
+            return loader, None
+        if isinstance(data, DataLoader):
+            if data.batch_size is None:
+                raise ConfigError("train: under torchrun pass a Dataset, or a DataLoader with a batch_size "
+                                  "(custom batch samplers cannot be sharded over ranks)")
+            dataset, global_batch = data.dataset, data.batch_size
+            extra = {"num_workers": data.num_workers, "collate_fn": data.collate_fn, "pin_memory": data.pin_memory}
+        else:
+            dataset, global_batch, extra = data, self.cfg.batch_size, {}
+        sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                     seed=self.cfg.seed, drop_last=False)
+        per_rank = max(1, math.ceil(global_batch / ctx.world_size))
+        return DataLoader(dataset, batch_size=per_rank, sampler=sampler, drop_last=False, **extra), sampler
+
+    def _wrap(self, ctx: DistContext | None) -> nn.Module:
+        """DistributedDataParallel around the model under torchrun (it broadcasts rank 0's weights)."""
+        if ctx is None:
+            return self.model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=ids)
+
+    def _save_checkpoint(self, epoch: int, steps: int, opt, sched, history: list[float],
+                         ctx: DistContext | None = None) -> None:
         if self.checkpoint is None:
             return
+        rank_rngs = distributed.gather_rng_states(torch.get_rng_state(), ctx) if ctx is not None else None
+        if ctx is not None and not ctx.is_main:
+            return  # only rank 0 writes; the weights are identical on every rank
+        np_state = np.random.get_state()
         state = {
             "epoch": epoch,
+            "steps": steps,
             "model": self.model.state_dict(),
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
             "history": torch.tensor(history, dtype=torch.float64),
             "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
+            "numpy_rng": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                          "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
         }
+        if rank_rngs is not None:
+            state["torch_rng_ranks"] = rank_rngs
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device).cpu()
         with atomic_writer(self.checkpoint) as fh:
             torch.save(state, fh)
 
-    def _resume(self, opt, sched) -> tuple[int, list[float]]:
+    def _resume(self, opt, sched, ctx: DistContext | None = None) -> tuple[int, list[float]]:
         if self.checkpoint is None or not self.checkpoint.exists():
             return 0, []
         try:
@@ -199,7 +264,25 @@ class Trainer:
             self.model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["torch_rng"].cpu())
+            _restore_rng(state, ctx, self.device)
         except Exception as exc:  # any unreadable checkpoint is one clear error
             raise DeepShrinkError(f"cannot resume from checkpoint {self.checkpoint}: {exc}") from None
         return int(state["epoch"]), [float(v) for v in state["history"]]
+
+
+def _restore_rng(state: dict, ctx: DistContext | None, device: torch.device) -> None:
+    """Put back the RNG states a checkpoint recorded (each rank its own when the world size matches)."""
+    ranks = state.get("torch_rng_ranks")
+    if ctx is not None and ranks is not None and ranks.shape[0] == ctx.world_size:
+        torch.set_rng_state(ranks[ctx.rank].cpu())
+    else:
+        torch.set_rng_state(state["torch_rng"].cpu())
+    if "python_rng" in state:
+        version, internal, gauss = state["python_rng"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy_rng" in state:
+        np_state = state["numpy_rng"]
+        np.random.set_state(("MT19937", np_state["keys"].cpu().numpy().astype(np.uint32), np_state["pos"],
+                             np_state["has_gauss"], np_state["gauss"]))
+    if "cuda_rng" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
