@@ -11,6 +11,7 @@ from deepshrink.factorize.blocks import (
     to_depthwise_separable,
     to_grouped_pointwise,
 )
+from deepshrink.factorize.deploy import channels_last, find_conv_bn_pairs, fold_bn
 from deepshrink.factorize.lowrank import (
     FactorSpec,
     choose_svd_rank,
@@ -20,7 +21,7 @@ from deepshrink.factorize.lowrank import (
     rank_for_energy,
     svd_params,
 )
-from deepshrink.factorize.recover import kd_loss, recover
+from deepshrink.factorize.recover import kd_loss, recover, recover_features
 from deepshrink.factorize.sensitivity import ScanResult, sensitivity_scan
 from deepshrink.factorize.sharing import HashedLinear, Tied, hash_layer, share_codebook, tie_layers
 from deepshrink.factorize.transforms import replay_transforms, transforms_of
@@ -32,15 +33,19 @@ __all__ = [
     "PointwiseConv2d",
     "ScanResult",
     "Tied",
+    "channels_last",
     "choose_svd_rank",
     "choose_tucker_ranks",
     "factorize",
     "factorize_layer",
+    "find_conv_bn_pairs",
+    "fold_bn",
     "hash_layer",
     "kd_loss",
     "max_multiplier",
     "rank_for_energy",
     "recover",
+    "recover_features",
     "replay_transforms",
     "sensitivity_scan",
     "share_codebook",

@@ -20,10 +20,12 @@ from deepshrink.factorize.transforms import OPS, get_module, positive_int, recor
 
 
 class PointwiseConv2d(nn.Conv2d):
-    """A 1x1 Conv2d (same parameters and state-dict names) computed as one batched matmul.
+    """A 1x1 Conv2d (same parameters and state-dict names) computed as one matrix product.
 
-    Torch's CPU convolution is slow for 1x1 kernels over few channels; ``baddbmm`` on the
-    ``N x C x HW`` view computes the same result several times faster.
+    Torch's CPU convolution is slow for 1x1 kernels over few channels. On an NCHW input,
+    ``baddbmm`` on the ``N x C x HW`` view computes the same result several times faster; on a
+    channels-last input the ``N x H x W x C`` view is contiguous, so one ``linear`` computes it
+    with no copy and returns a channels-last output (the layout depthwise convs run fastest in).
     """
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
@@ -33,6 +35,9 @@ class PointwiseConv2d(nn.Conv2d):
         if x.dim() != 4:
             return super().forward(x)
         n, c, h, w = x.shape
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            out = nn.functional.linear(x.permute(0, 2, 3, 1), self.weight.reshape(self.out_channels, c), self.bias)
+            return out.permute(0, 3, 1, 2)
         weight = self.weight.view(self.out_channels, c).expand(n, -1, -1)
         flat = x.reshape(n, c, h * w)
         if self.bias is None:

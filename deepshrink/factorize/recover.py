@@ -1,11 +1,16 @@
 """Recovery after factorization: fine-tuning with cross-entropy, optionally plus logit distillation.
 
 ``kd_loss(teacher)`` is a ``Trainer(loss_fn=...)`` loss: ``(1 - alpha) * CE(student, y) +
-alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))`` (Hinton et al. 2015). A fuller
-distillation module (feature distillation) belongs to issue 5; this one needs nothing from it.
+alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))`` (Hinton et al. 2015).
+``recover_features`` adds feature distillation from the original model through ``deepshrink.distill``:
+each substituted layer's output is pulled towards the original layer's output (FitNets-style MSE;
+same shapes, so no adapter), which is what a substitution initialised from the original kernel
+should converge back to.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -51,3 +56,22 @@ def recover(model: nn.Module, train: Dataset, config: TrainConfig, *, teacher: n
     if teacher is not None:
         teacher.to(trainer.device)
     return trainer.fit(train)
+
+
+def recover_features(model: nn.Module, teacher: nn.Module, train: Dataset, config: TrainConfig,
+                     layers: Sequence[str], *, feature_weight: float = 1.0, temperature: float = 4.0,
+                     alpha: float = 0.7, device: str | torch.device | None = None,
+                     progress: bool | None = None) -> TrainResult:
+    """Fine-tune ``model`` with logit plus feature distillation from ``teacher`` (the original model).
+
+    ``layers`` are module names present in both (e.g. the substituted ``conv2``, whose block output
+    has the original conv's shape); each adds ``feature_weight * MSE(student[layer], teacher[layer])``
+    to the logit-distillation loss ``(1 - alpha) CE + alpha T^2 KL``.
+    """
+    from deepshrink.distill import DistillConfig, FeatureLink, distill
+
+    if not layers:
+        raise ConfigError("recover_features needs at least one layer name to match")
+    links = tuple(FeatureLink(name, name, "mse", feature_weight) for name in layers)
+    cfg = DistillConfig(temperature=temperature, alpha=alpha, features=links, train=config)
+    return distill(model, teacher, train, cfg, device=device, progress=progress)

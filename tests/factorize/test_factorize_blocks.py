@@ -28,6 +28,21 @@ def test_pointwise_conv_matches_a_1x1_conv():
     ref.load_state_dict(pw.state_dict())
     x = torch.randn(3, 5, 6, 4)
     torch.testing.assert_close(pw(x), ref(x), atol=1e-6, rtol=1e-5)
+    last = x.contiguous(memory_format=torch.channels_last)
+    out = pw(last)  # the channels-last path: one linear over the N x H x W x C view
+    torch.testing.assert_close(out, ref(x), atol=1e-6, rtol=1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+
+
+def test_depthwise_separable_lenet5_runs_channels_last():
+    torch.manual_seed(0)
+    model = create("lenet5").eval()
+    for name, m in (("conv1", 4), ("conv2", 1)):
+        to_depthwise_separable(model, name, multiplier=m)
+    x = torch.randn(2, 1, 28, 28)
+    want = model(x)
+    model.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(model(x.contiguous(memory_format=torch.channels_last)), want, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("kw", [{}, {"stride": 2, "padding": 1}, {"padding": 2, "dilation": 2}])
