@@ -1,8 +1,9 @@
 """Vision models registered into the zoo (see zoo.MODELS), sized for 1x28x28 mnist5k and 1x8x8 digits.
 
 They exist to exercise structured pruning: conv -> BN -> conv (``cnn``), residual additions
-(``resnet8``), concatenation (``densenet``), depthwise convs and inverted residuals (``mobilenetv2``)
-and multi-head attention (``vit``). Every forward derives sizes from tensors or module attributes,
+(``resnet8``), concatenation (``densenet``), depthwise convs and inverted residuals (``mobilenetv2``),
+grouped convs (``resnext``), fused-qkv attention heads (``vit``) and ``nn.MultiheadAttention`` with layer
+norms on a residual stream (``transformer``). Every forward derives sizes from tensors or module attributes,
 so channel-pruned copies keep working.
 """
 
@@ -222,6 +223,75 @@ class ViTTiny(nn.Module):
         return self.fc(x[:, 0])
 
 
+class GroupedBlock(nn.Module):
+    """ResNeXt block: 1x1 conv, 3x3 grouped conv (``groups`` paths), 1x1 conv, plus a projection shortcut."""
+
+    def __init__(self, cin: int, cout: int, groups: int, stride: int = 2):
+        super().__init__()
+        self.reduce = conv_bn(cin, cout, 1)
+        self.grouped = conv_bn(cout, cout, 3, stride, groups=groups)
+        self.expand = nn.Sequential(nn.Conv2d(cout, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.expand(self.grouped(self.reduce(x))) + self.shortcut(x))
+
+
+class ResNeXtTiny(nn.Module):
+    """ResNeXt-style: stem, two grouped-convolution blocks (groups 4 then 8, stride 2), GAP, linear."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16):
+        super().__init__()
+        self.stem = conv_bn(in_channels, width)
+        self.block1 = GroupedBlock(width, 2 * width, 4)
+        self.block2 = GroupedBlock(2 * width, 4 * width, 8)
+        self.fc = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block2(self.block1(self.stem(x)))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class MHABlock(nn.Module):
+    """Pre-norm transformer block on ``nn.MultiheadAttention`` (batch first) and a GELU MLP."""
+
+    def __init__(self, dim: int, heads: int, mlp: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, mlp)
+        self.fc2 = nn.Linear(mlp, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.fc2(nn.functional.gelu(self.fc1(self.norm2(x))))
+
+
+class TransformerTiny(nn.Module):
+    """A small transformer built on ``nn.MultiheadAttention``: patch embedding, learned positions,
+    pre-norm blocks, mean over tokens, linear head. Its embedding width (residual stream, layer norms,
+    positions) and attention heads are pruned together."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28, patch: int = 7,
+                 dim: int = 32, depth: int = 2, heads: int = 4, mlp: int = 64):
+        super().__init__()
+        if image_size % patch:
+            raise ModelError(f"transformer: image_size {image_size} is not a multiple of patch {patch}")
+        if dim % heads:
+            raise ModelError(f"transformer: dim {dim} is not a multiple of heads {heads}")
+        self.embed = nn.Conv2d(in_channels, dim, patch, patch)
+        self.pos = nn.Parameter(torch.randn(1, (image_size // patch) ** 2, dim) * 0.02)
+        self.blocks = nn.Sequential(*[MHABlock(dim, heads, mlp) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x).flatten(2).transpose(1, 2) + self.pos
+        return self.fc(self.norm(self.blocks(x)).mean(1))
+
+
 @MODELS.register("cnn")
 def cnn(**kwargs: Any) -> nn.Module:
     return LeNetBN(**kwargs)
@@ -245,3 +315,13 @@ def mobilenetv2(**kwargs: Any) -> nn.Module:
 @MODELS.register("vit")
 def vit(**kwargs: Any) -> nn.Module:
     return ViTTiny(**kwargs)
+
+
+@MODELS.register("resnext")
+def resnext(**kwargs: Any) -> nn.Module:
+    return ResNeXtTiny(**kwargs)
+
+
+@MODELS.register("transformer")
+def transformer(**kwargs: Any) -> nn.Module:
+    return TransformerTiny(**kwargs)

@@ -110,9 +110,10 @@ def _shape(node: Any) -> tuple[int, ...] | None:
 
 @dataclass
 class Member:
-    module: str
-    role: str  # "out" (producer), "in" (consumer), "chan" (batch norm / depthwise: both)
+    module: str  # a module's dotted name; for role "param" the parameter's dotted name
+    role: str  # "out" (producer), "in" (consumer), "chan" (norm / depthwise: both), "param" (added tensor)
     segs: tuple[Seg, ...]
+    axis: int = 0  # the parameter's channel axis (role "param")
 
 
 @dataclass
@@ -124,7 +125,10 @@ class ChannelGraph:
     parent: dict[int, int] = field(default_factory=dict)
     blocked: dict[int, str] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)  # module -> why (part of) it is left intact
-    attention: list[str] = field(default_factory=list)
+    attention: list[str] = field(default_factory=list)  # fused-qkv blocks: heads pruned on their own
+    mha: list[str] = field(default_factory=list)  # nn.MultiheadAttention: heads follow the embedding dim
+    blocks: dict[int, int] = field(default_factory=dict)  # grouped convs: equal keep per contiguous block
+    multiple: dict[int, int] = field(default_factory=dict)  # keep count a multiple of (MHA head_dim)
 
     def new(self, length: int) -> int:
         gid = len(self.lengths)
@@ -146,6 +150,14 @@ class ChannelGraph:
         reason = self.blocked.pop(rb, None) or self.blocked.get(ra)
         if self.lengths[ra] != self.lengths[rb]:
             reason = reason or f"{where}: coupled channels of different sizes"
+        ba, bb = self.blocks.pop(ra, 1), self.blocks.pop(rb, 1)
+        if max(ba, bb) % min(ba, bb):
+            reason = reason or f"{where}: grouped convolutions with incompatible groups ({ba}, {bb})"
+        if max(ba, bb) > 1:
+            self.blocks[ra] = max(ba, bb)
+        ma, mb = self.multiple.pop(ra, 1), self.multiple.pop(rb, 1)
+        if math.lcm(ma, mb) > 1:
+            self.multiple[ra] = math.lcm(ma, mb)
         if reason:
             self.blocked[ra] = reason
 
@@ -153,6 +165,23 @@ class ChannelGraph:
         for s in segs:
             r = self.find(s.gid)
             self.blocked.setdefault(r, reason)
+
+    def constrain(self, gid: int, blocks: int = 1, multiple: int = 1) -> None:
+        """Record that a channel id's keep count splits evenly over ``blocks`` contiguous blocks (grouped
+        convolutions) and is a multiple of ``multiple`` (attention heads)."""
+        r = self.find(gid)
+        old = self.blocks.get(r, 1)
+        if max(old, blocks) % min(old, blocks):
+            self.blocked.setdefault(r, f"grouped convolutions with incompatible groups ({old}, {blocks})")
+        if max(old, blocks) > 1:
+            self.blocks[r] = max(old, blocks)
+        if math.lcm(self.multiple.get(r, 1), multiple) > 1:
+            self.multiple[r] = math.lcm(self.multiple.get(r, 1), multiple)
+
+    def constraint(self, gid: int) -> tuple[int, int]:
+        """(blocks, multiple) of a channel id's root."""
+        r = self.find(gid)
+        return self.blocks.get(r, 1), self.multiple.get(r, 1)
 
     def groups(self) -> dict[int, list[Member]]:
         """Free channel groups (root id -> members) that have at least one producer."""
@@ -182,6 +211,8 @@ class _Builder:
         self.g = ChannelGraph()
         self.env: dict[fx.Node, Layout | None] = {}
         self.calls: dict[str, int] = {}
+        self.params: dict[fx.Node, str] = {}  # get_attr tensors (and same-rank views of them)
+        self.tuples: dict[fx.Node, list[Layout | None]] = {}  # modules returning tuples (attention)
 
     def block_all(self, node: fx.Node, reason: str) -> None:
         for _, lay in _layouts((node.args, node.kwargs), self.env):
@@ -198,7 +229,10 @@ class _Builder:
         return self.g
 
     def visit(self, node: fx.Node) -> Layout | None:
-        if node.op in ("placeholder", "get_attr"):
+        if node.op == "get_attr":
+            self.params[node] = str(node.target)
+            return None
+        if node.op == "placeholder":
             return None
         if node.op == "output":
             self.block_all(node, "reaches the model output")
@@ -240,12 +274,7 @@ class _Builder:
                 if inp is not None:
                     self.g.members.append(Member(name, "chan", inp[0]))
                 return inp
-            if inp is not None:
-                self.g.block(inp[0], f"{name}: grouped convolution (groups={m.groups})")
-            self.g.notes[name] = f"grouped convolution (groups={m.groups}) is left intact"
-            lay = self._producer(node, name, m.out_channels, 1)
-            self.g.block(lay[0], f"{name}: grouped convolution (groups={m.groups})")
-            return lay
+            return self.grouped(node, name, m, inp)
         if isinstance(m, nn.Linear):
             if inp is not None and out_shape is not None and inp[1] != len(out_shape) - 1:
                 self.g.block(inp[0], f"{name}: features not on the last axis")
@@ -257,9 +286,13 @@ class _Builder:
                 self.g.members.append(Member(name, "chan", inp[0]))
             return inp
         if isinstance(m, nn.LayerNorm):
+            nd = len(out_shape) if out_shape else 0
+            if inp is not None and len(m.normalized_shape) == 1 and inp[1] == nd - 1:
+                self.g.members.append(Member(name, "chan", inp[0]))
+                return inp
             if inp is not None:
-                self.g.block(inp[0], f"{name}: layer norm statistics span the features")
-            self.g.notes[name] = "layer norm: its feature dimension is left intact"
+                self.g.block(inp[0], f"{name}: layer norm over several axes or not over the channel axis")
+            self.g.notes[name] = "layer norm over several axes: its features are left intact"
             return inp
         if isinstance(m, nn.Embedding):
             return self._producer(node, name, m.embedding_dim, len(out_shape) - 1 if out_shape else 2)
@@ -267,17 +300,98 @@ class _Builder:
             return self.flatten(node, inp, m.start_dim, m.end_dim)
         if is_attention(m):
             self.g.attention.append(name)
-            if inp is not None:
-                self.g.block(inp[0], f"{name}: attention mixes the embedding dimension")
             axis = len(out_shape) - 1 if out_shape else 2
-            lay = self._producer(node, name + ".<out>", m.proj.out_features, axis)
-            self.g.members.pop()
-            gid = lay[0][0].gid
-            self.g.blocked[gid] = f"{name}: attention output joins the residual stream"
-            return lay
+            if inp is not None and inp[1] == axis:
+                self.g.members.append(Member(f"{name}.qkv", "in", inp[0]))
+            elif inp is not None:
+                self.g.block(inp[0], f"{name}: attention input features not on the last axis")
+            return self._producer(node, f"{name}.proj", m.proj.out_features, axis)
+        if isinstance(m, nn.MultiheadAttention):
+            return self.mha(node, name, m)
         self.block_all(node, f"{name}: unsupported module {type(m).__name__}")
         self.g.notes[name] = f"unsupported module {type(m).__name__} is left intact"
         return None
+
+    def grouped(self, node: fx.Node, name: str, m: nn.Module, inp: Layout | None) -> Layout:
+        """Grouped convolution (1 < groups, not depthwise): inputs and outputs are pruned by the same
+        count in each of the ``groups`` contiguous blocks, so the weight keeps its block structure."""
+        g = m.groups
+        if inp is not None and (len(inp[0]) != 1 or inp[0][0].rep != 1):
+            self.g.block(inp[0], f"{name}: grouped convolution fed by a concatenation or flatten")
+            self.g.notes[name] = f"grouped convolution (groups={g}): its input channels are left intact"
+        elif inp is not None:
+            self.g.members.append(Member(name, "in", inp[0]))
+            self.g.constrain(inp[0][0].gid, blocks=g)
+        lay = self._producer(node, name, m.out_channels, 1)
+        self.g.constrain(lay[0][0].gid, blocks=g)
+        return lay
+
+    def mha(self, node: fx.Node, name: str, m: nn.MultiheadAttention) -> Layout | None:
+        """nn.MultiheadAttention: torch ties the inner width (heads x head_dim) to the embedding width,
+        so heads go only together with the embedding channels (a multiple of head_dim); q, k, v, the
+        input and the output share one channel group."""
+        args = list(node.args[:3]) + [node.kwargs.get(k) for k in ("query", "key", "value")
+                                      if k in node.kwargs]
+        lays = [self.env.get(a) if isinstance(a, fx.Node) else None for a in args]
+        out_shape = _shape(node.args[0]) if node.args else None
+        axis = len(out_shape) - 1 if out_shape else 2
+        reason = None
+        if not m._qkv_same_embed_dim:
+            reason = "key/value widths differ from the embedding width"
+        elif any(lay is None for lay in lays):
+            reason = "an attention input has no prunable channels (e.g. the model input)"
+        elif any(lay[1] != axis or len(lay[0]) != len(lays[0][0]) for lay in lays):
+            reason = "attention inputs have different channel layouts"
+        if reason is not None:
+            for lay in lays:
+                if lay is not None:
+                    self.g.block(lay[0], f"{name}: {reason}")
+            self.g.notes[name] = f"nn.MultiheadAttention heads left intact: {reason}"
+            self.tuples[node] = [None, None]
+            return None
+        base = lays[0][0]
+        for lay in lays[1:]:
+            for a, b in zip(base, lay[0]):
+                self.g.union(a.gid, b.gid, name)
+        self.g.members.append(Member(name, "in", base))
+        out = self._producer(node, name, m.embed_dim, axis)
+        self.g.members[-1].role = "out"
+        for a in base:
+            self.g.union(a.gid, out[0][0].gid, name)
+            self.g.constrain(a.gid, multiple=m.head_dim)
+        self.g.mha.append(name)
+        self.tuples[node] = [out, None]
+        return out
+
+    def getitem(self, node: fx.Node, inp: Layout | None) -> Layout | None:
+        """``x[:, 0]``-style indexing that leaves the channel axis whole; tuple outputs of attention."""
+        src, idx = node.args[0], node.args[1]
+        if src in self.tuples:
+            return self.tuples[src][idx] if isinstance(idx, int) and -2 <= idx < 2 else None
+        shape = _shape(src)
+        if inp is None or shape is None:
+            return None
+        items = list(idx) if isinstance(idx, tuple) else [idx]
+        if sum(i is Ellipsis for i in items) > 1 or any(isinstance(i, fx.Node) for i in items):
+            raise ValueError("unsupported indexing")
+        if Ellipsis in items:
+            k = items.index(Ellipsis)
+            used = sum(i is not None for i in items) - 1
+            items = items[:k] + [slice(None)] * (len(shape) - used) + items[k + 1:]
+        dim, out_axis = 0, 0
+        for it in items:
+            if it is None:
+                out_axis += 1
+                continue
+            if dim == inp[1]:
+                if it != slice(None):
+                    raise ValueError("indexing along the channel axis")
+                return inp[0], out_axis
+            if not isinstance(it, (int, slice)):
+                raise ValueError("unsupported index")
+            dim += 1
+            out_axis += isinstance(it, slice)
+        return inp[0], out_axis + (inp[1] - dim)
 
     def flatten(self, node: fx.Node, inp: Layout | None, start: int, end: int) -> Layout | None:
         shape = _shape(node.args[0])
@@ -299,10 +413,17 @@ class _Builder:
     def function(self, node: fx.Node, name: str) -> Layout | None:
         lays = _layouts((node.args, node.kwargs), self.env)
         known = [(n, lay) for n, lay in lays if lay is not None]
+        first = node.args[0] if node.args else None
+        if first in self.params and name in ("expand", "contiguous", "clone", "to", "float", "detach") \
+                and _shape(first) is not None and len(_shape(first)) == len(_shape(node) or ()):
+            self.params[node] = self.params[first]
+        if name == "getitem" and first in self.tuples:
+            return self.getitem(node, None)
         if not known:
             return None
-        first = node.args[0] if node.args else None
         inp = self.env.get(first) if isinstance(first, fx.Node) else None
+        if name == "getitem":
+            return self.getitem(node, inp)
         shape_in, shape_out = _shape(first), _shape(node)
         if name in UNARY_FN:
             return inp
@@ -360,6 +481,8 @@ class _Builder:
             if lay is not None:
                 continue
             shape = _shape(n)
+            if n in self.params and self.param_member(n, base, out_shape):
+                continue
             if shape is not None and out_shape is not None and len(shape) == len(out_shape) \
                     and shape[axis] != 1:
                 self.g.block(base[0], f"{node.name}: a tensor without known channels ({n.name}) is combined "
@@ -379,12 +502,43 @@ class _Builder:
                 self.g.union(a.gid, b.gid, node.name)
         return base
 
+    def param_member(self, n: fx.Node, base: Layout, out_shape: tuple[int, ...] | None) -> bool:
+        """A parameter (class token, positions) combined with channels: slice it with them."""
+        shape = _shape(n)
+        if shape is None or out_shape is None or len(shape) > len(out_shape):
+            return False
+        axis = base[1] - (len(out_shape) - len(shape))
+        total = sum(s.length * s.rep for s in base[0])
+        if axis < 0 or shape[axis] != total:
+            return False
+        target = self.params[n]
+        t = dict(self.gm.named_parameters()).get(target)
+        if t is None or t.dim() != len(shape) or t.shape[axis] != total:
+            return False
+        for mem in self.g.members:
+            if mem.role == "param" and mem.module == target:  # used twice: never slice it twice
+                self.g.block(mem.segs + base[0], f"{target}: parameter combined with channels twice")
+                return False
+        self.g.members.append(Member(target, "param", base[0], axis))
+        return True
+
     def cat(self, node: fx.Node, known: list[tuple[fx.Node, Layout]]) -> Layout | None:
         tensors = node.args[0] if node.args else node.kwargs.get("tensors")
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         shape = _shape(node)
         parts = [self.env.get(t) if isinstance(t, fx.Node) else None for t in tensors]
         axis = known[0][1][1]
+        if shape is not None and _norm(int(dim), len(shape)) != axis:
+            base = known[0][1]
+            ok = all(p is not None and p[1] == axis and len(p[0]) == len(base[0]) and all(
+                a.length == b.length and a.rep == b.rep for a, b in zip(p[0], base[0]))
+                or p is None and t in self.params and self.param_member(t, base, shape)
+                for t, p in zip(tensors, parts))
+            if ok:
+                for p in parts:
+                    for a, b in zip(base[0], p[0] if p is not None else ()):
+                        self.g.union(a.gid, b.gid, node.name)
+                return base
         if shape is None or _norm(int(dim), len(shape)) != axis:
             segs = tuple(s for _, lay in known for s in lay[0])
             self.g.block(segs, f"{node.name}: concatenation along a non-channel axis")

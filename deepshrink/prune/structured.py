@@ -2,9 +2,11 @@
 
 ``structured(model, example_inputs, ratio=0.5)`` traces a copy of ``model`` (torch.fx), groups coupled
 channels (:mod:`deepshrink.prune.graph`), scores each group with an :class:`Importance` summed over its
-members (each member's scores normalised by their mean), keeps the best ``1 - ratio`` of every group
-(rounded up to a multiple of ``round_to``) and slices the tensors. The result is a plain ``nn.Module`` of
-the same classes with smaller tensors; groups that cannot be pruned safely are left intact and listed.
+members (each member's scores normalised by their mean, batch/layer-norm scales included), keeps the
+best ``1 - ratio`` of every group (rounded up to a multiple of ``round_to``, of grouped-conv groups and of
+attention head widths) and slices the tensors (:mod:`deepshrink.prune.slicing`). The result is a plain
+``nn.Module`` of the same classes with smaller tensors; groups that cannot be pruned safely are left
+intact and listed.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from torch.nn.utils import parametrize
 from deepshrink.core.errors import ConfigError, ModelError
 from deepshrink.models.zoo import ARCH_ATTR
 from deepshrink.prune.engine import _loader, check_ratio
-from deepshrink.prune.graph import ChannelGraph, Member, Seg, build_graph
-from deepshrink.prune.importance import Importance, get_importance
+from deepshrink.prune.graph import ChannelGraph, Seg, build_graph
+from deepshrink.prune.importance import Importance, _HookedImportance, get_importance
 from deepshrink.prune.resize import record_resized
+from deepshrink.prune.slicing import (apply_member, head_scores, mha_head_scores, prune_heads, prune_mha_heads,
+                                      seg_index, select)
 from deepshrink.prune.select import Pattern, matches
 
 
@@ -48,10 +52,14 @@ class StructuredReport:
     params_after: int = 0
 
 
-def _weight_layers(model: nn.Module, graph: ChannelGraph) -> dict[str, nn.Module]:
-    names = {m.module for m in graph.members}
+def _weight_layers(model: nn.Module, graph: ChannelGraph, norms: bool = False) -> dict[str, nn.Module]:
+    """The scored members: convs and linears, plus batch norms (their scale) when ``norms``."""
+    names = {m.module for m in graph.members if m.role != "param"}
+    kinds: tuple[type, ...] = (nn.Linear, nn.modules.conv._ConvNd)
+    if norms:
+        kinds = (*kinds, *NORMS)
     out = {n: model.get_submodule(n) for n in sorted(names)}
-    return {n: m for n, m in out.items() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))}
+    return {n: m for n, m in out.items() if isinstance(m, kinds) and getattr(m, "weight", None) is not None}
 
 
 def _reduce(scores: torch.Tensor, dim: int) -> torch.Tensor:
@@ -70,105 +78,74 @@ def _split(vec: torch.Tensor, segs: Sequence[Seg], root_of: Any) -> dict[int, to
     return out
 
 
-def group_scores(model: nn.Module, graph: ChannelGraph, imp: Importance) -> dict[int, torch.Tensor]:
-    """One score per channel of every free group: members' scores normalised by their mean, summed."""
-    layers = _weight_layers(model, graph)
+AGGREGATES = ("normalized", "sum")
+NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)
+
+
+def group_scores(model: nn.Module, graph: ChannelGraph, imp: Importance, *, aggregate: str = "normalized",
+                 norms: bool = True) -> dict[int, torch.Tensor]:
+    """One score per channel of every free group, from its members' per-channel scores.
+
+    ``aggregate="sum"`` adds the raw member scores (for L2: the squared norm of everything the channel
+    owns, across the whole group), so a member with larger weights weighs more; ``"normalized"`` divides
+    each member's scores by their mean first (every member counts equally). ``norms`` also scores batch
+    norms by their scale (|gamma|^p for magnitude criteria)."""
+    if aggregate not in AGGREGATES:
+        raise ConfigError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+    layers = _weight_layers(model, graph, norms)
     free = graph.groups()
     totals: dict[int, torch.Tensor] = {g: torch.zeros(graph.lengths[g]) for g in free}
     for mem in graph.members:
         mod = layers.get(mem.module)
         if mod is None:
             continue
-        w = imp.scores(mem.module, mod).float()
-        if mem.role == "out":
-            vec = imp.channel_scores(mem.module, mod)
-            vec = _reduce(w, 0) if vec is None else vec.float().flatten()
-        elif mem.role == "chan":
-            vec = _reduce(w, 0)
+        if isinstance(mod, NORMS):
+            vec = bn_scores(mem.module, mod, imp)
+            if vec is None:
+                continue
         else:
-            vec = _reduce(w, 1)
+            w = imp.scores(mem.module, mod).float()
+            if mem.role == "out":
+                vec = imp.channel_scores(mem.module, mod)
+                vec = _reduce(w, 0) if vec is None else vec.float().flatten()
+            elif mem.role == "chan":
+                vec = _reduce(w, 0)
+            elif isinstance(mod, nn.modules.conv._ConvNd) and mod.groups > 1:
+                continue  # grouped: the weight's input axis is per group; the producer scores them
+            else:
+                vec = _reduce(w, 1)
         for r, part in _split(vec, mem.segs, graph.find).items():
             if r in totals and part.numel() == totals[r].numel():
                 mean = part.mean()
-                totals[r] += part / mean if mean > 0 else part
+                totals[r] += part / mean if aggregate == "normalized" and mean > 0 else part
     return totals
 
 
-def _keep_count(n: int, ratio: float, round_to: int) -> int:
-    keep = n - math.floor(ratio * n)
-    keep = min(n, math.ceil(keep / round_to) * round_to)
-    return keep
+def bn_scores(name: str, bn: nn.Module, imp: Importance) -> torch.Tensor | None:
+    """A batch norm's per-channel scores (its scale), or None for criteria that measure activations
+    (those already score the producer's output channels)."""
+    if getattr(imp, "channel_scores", None) is not None and isinstance(imp, _HookedImportance):
+        return None
+    try:
+        return imp.scores(name, bn).float().flatten()
+    except ConfigError:
+        return None
 
 
-def _seg_index(segs: Sequence[Seg], keep: Mapping[int, torch.Tensor], root_of: Any) -> torch.Tensor:
-    idx, off = [], 0
-    for s in segs:
-        k = keep.get(root_of(s.gid))
-        k = torch.arange(s.length) if k is None else k
-        pos = (k.view(-1, 1) * s.rep + torch.arange(s.rep).view(1, -1)).flatten()
-        idx.append(pos + off)
-        off += s.length * s.rep
-    return torch.cat(idx)
+def _keep_count(n: int, ratio: float, round_to: int, must: int = 1) -> int:
+    """Channels kept of ``n``: ``n - floor(ratio n)`` rounded up to a multiple of ``round_to`` and of
+    ``must`` (grouped-conv groups, attention head width); ``must`` alone when both would exceed n."""
+    keep = max(1, n - math.floor(ratio * n))
+    for step in (math.lcm(round_to, must), must):
+        k = math.ceil(keep / step) * step
+        if k <= n:
+            return k
+    return n
 
 
-def _slice_param(mod: nn.Module, name: str, dim: int, idx: torch.Tensor) -> None:
-    p = getattr(mod, name, None)
-    if p is None:
-        return
-    new = p.detach().index_select(dim, idx).clone()
-    if isinstance(p, nn.Parameter):
-        setattr(mod, name, nn.Parameter(new, requires_grad=p.requires_grad))
-    else:
-        setattr(mod, name, new)
-
-
-def _apply_member(mod: nn.Module, mem: Member, idx: torch.Tensor) -> None:
-    n = int(idx.numel())
-    if isinstance(mod, nn.modules.conv._ConvNd):
-        if mem.role == "out":
-            _slice_param(mod, "weight", 0, idx)
-            _slice_param(mod, "bias", 0, idx)
-            mod.out_channels = n
-        elif mem.role == "in":
-            _slice_param(mod, "weight", 1, idx)
-            mod.in_channels = n
-        else:  # depthwise
-            _slice_param(mod, "weight", 0, idx)
-            _slice_param(mod, "bias", 0, idx)
-            mod.in_channels = mod.out_channels = mod.groups = n
-    elif isinstance(mod, nn.Linear):
-        if mem.role == "out":
-            _slice_param(mod, "weight", 0, idx)
-            _slice_param(mod, "bias", 0, idx)
-            mod.out_features = n
-        else:
-            _slice_param(mod, "weight", 1, idx)
-            mod.in_features = n
-    elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
-        for p in ("weight", "bias", "running_mean", "running_var"):
-            _slice_param(mod, p, 0, idx)
-        mod.num_features = n
-    elif isinstance(mod, nn.Embedding):
-        _slice_param(mod, "weight", 1, idx)
-        mod.embedding_dim = n
-    else:
-        raise ModelError(f"cannot slice {type(mod).__name__} {mem.module!r}")
-
-
-def _head_scores(name: str, attn: nn.Module, imp: Importance) -> torch.Tensor:
-    h, d = attn.heads, attn.head_dim
-    q = imp.scores(f"{name}.qkv", attn.qkv).float().sum(1).view(3, h, d).sum((0, 2))
-    p = imp.scores(f"{name}.proj", attn.proj).float().sum(0).view(h, d).sum(1)
-    return q / q.mean().clamp_min(1e-12) + p / p.mean().clamp_min(1e-12)
-
-
-def _prune_heads(attn: nn.Module, keep: torch.Tensor) -> None:
-    h, d = attn.heads, attn.head_dim
-    rows = (keep.view(1, -1, 1) * d + torch.arange(d).view(1, 1, -1) + torch.arange(3).view(3, 1, 1) * h * d)
-    _apply_member(attn.qkv, Member("qkv", "out", ()), rows.flatten())
-    cols = (keep.view(-1, 1) * d + torch.arange(d).view(1, -1)).flatten()
-    _apply_member(attn.proj, Member("proj", "in", ()), cols)
-    attn.heads = int(keep.numel())
+def _must(graph: ChannelGraph, g: int) -> int:
+    blocks, multiple = graph.constraint(g)
+    return math.lcm(blocks, multiple)
 
 
 def _ratio_for(names: Sequence[str], ratio: float | Mapping[str, float]) -> float:
@@ -185,7 +162,7 @@ def structured_with_report(
     model: nn.Module, example_inputs: Any, *, ratio: float | Mapping[str, float] = 0.5,
     importance: str | Importance = "l2", ignore: Sequence[Pattern] = (), round_to: int = 1,
     global_scope: bool = False, heads: bool = True, calibration: Any = None,
-    importance_kwargs: Mapping[str, Any] | None = None,
+    importance_kwargs: Mapping[str, Any] | None = None, aggregate: str = "normalized", norms: bool = True,
 ) -> tuple[nn.Module, StructuredReport]:
     """:func:`structured`, also returning the :class:`StructuredReport`."""
     ratios = ratio.values() if isinstance(ratio, Mapping) else [ratio]
@@ -207,14 +184,14 @@ def structured_with_report(
             if mem.module in hit and mem.role == "out":
                 graph.block(mem.segs, f"{mem.module}: ignored by the user")
     imp = get_importance(importance, **dict(importance_kwargs or {}))
-    layers = _weight_layers(pruned, graph)
+    layers = _weight_layers(pruned, graph, norms and not isinstance(imp, _HookedImportance))
     for name in graph.attention:
         attn = pruned.get_submodule(name)
         layers[f"{name}.qkv"], layers[f"{name}.proj"] = attn.qkv, attn.proj
     imp.prepare(pruned, layers, _loader(calibration))
     report = StructuredReport(params_before=sum(p.numel() for p in model.parameters()))
     free = graph.groups()
-    scores = group_scores(pruned, graph, imp)
+    scores = group_scores(pruned, graph, imp, aggregate=aggregate, norms=norms)
     keep: dict[int, torch.Tensor] = {}
     counts: dict[int, int] = {}
     producers = {g: [m.module for m in ms if m.role == "out"] for g, ms in free.items()}
@@ -226,14 +203,14 @@ def structured_with_report(
         cut = allv.kthvalue(k).values if k > 0 else -math.inf
         for g, s in normed.items():
             n = int((s > cut).sum())
-            counts[g] = min(len(s), max(round_to, math.ceil(max(n, 1) / round_to) * round_to))
+            counts[g] = _keep_count(len(s), 1 - max(n, 1) / len(s), round_to, _must(graph, g))
     else:
         for g in free:
-            counts[g] = _keep_count(graph.lengths[g], _ratio_for(producers[g], ratio), round_to)
+            counts[g] = _keep_count(graph.lengths[g], _ratio_for(producers[g], ratio), round_to, _must(graph, g))
     for g, n in counts.items():
         if n < 1:
             raise ModelError(f"pruning would leave {producers[g][0]} with zero channels")
-        keep[g] = scores[g].topk(n).indices.sort().values
+        keep[g] = select(scores[g], n, graph.constraint(g)[0])
         mods = sorted({m.module for m in free[g]})
         report.groups.append(GroupRow(producers[g][0], mods, graph.lengths[g], n))
     for mem in graph.members:
@@ -243,17 +220,24 @@ def structured_with_report(
         if mem.role == "out":
             idx = keep[graph.find(mem.segs[0].gid)]
         else:
-            idx = _seg_index(mem.segs, keep, graph.find)
-        _apply_member(pruned.get_submodule(mem.module), mem, idx)
+            idx = seg_index(mem.segs, keep, graph.find)
+        apply_member(pruned, mem, idx)
     if heads:
         for name in graph.attention:
             attn = pruned.get_submodule(name)
             r = _ratio_for([name], ratio)
             n = attn.heads - math.floor(r * attn.heads)
             if n < attn.heads:
-                hk = _head_scores(name, attn, imp).topk(n).indices.sort().values
+                hk = head_scores(name, attn, imp).topk(n).indices.sort().values
                 report.heads.append(GroupRow(name, [name], attn.heads, n))
-                _prune_heads(attn, hk)
+                prune_heads(attn, hk)
+    for name in graph.mha:
+        mha = pruned.get_submodule(name)
+        n = mha.in_proj_weight.shape[1] // mha.head_dim
+        if n < mha.num_heads:
+            hk = mha_head_scores(mha).topk(n).indices.sort().values
+            report.heads.append(GroupRow(name, [name], mha.num_heads, n))
+            prune_mha_heads(mha, hk)
     for g, reason in graph.blocked.items():
         report.skipped.setdefault(reason.split(":")[0], reason)
     report.skipped.update({k: v for k, v in graph.notes.items() if k not in report.skipped})

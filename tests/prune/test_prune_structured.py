@@ -59,7 +59,10 @@ def _zero_channels(model: nn.Module, x: torch.Tensor) -> tuple[str, int]:
     """Zero every member slice of half the channels of the first free group; returns (producer, count)."""
     _, graph = build_graph(model, x)
     groups = graph.groups()
-    root, members = next(iter(groups.items()))
+    # layer norms renormalise over the kept features, so only groups without them are removed exactly
+    root, members = next((g, ms) for g, ms in groups.items() if all(
+        m.role != "param" and not isinstance(model.get_submodule(m.module), (nn.LayerNorm, nn.MultiheadAttention))
+        for m in ms))
     n = graph.lengths[root]
     chans = torch.arange(n)[::2][: n // 2]
     with torch.no_grad():
