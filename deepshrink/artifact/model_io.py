@@ -182,6 +182,8 @@ def load(path: str | os.PathLike[str]) -> nn.Module:
     if not isinstance(arch, dict) or not isinstance(arch.get("zoo"), str) or not isinstance(
             arch.get("kwargs", {}), dict):
         raise CorruptArtifactError(f"{where}: malformed architecture record")
+    if arch["zoo"] == "hf_bert" and arch["zoo"] not in MODELS:  # registered by the optional transformers extra
+        import deepshrink.transformers  # noqa: F401
     if arch["zoo"] not in MODELS:
         raise CorruptArtifactError(f"{where}: unknown architecture {arch['zoo']!r}")
     model = _rebuild(arch["zoo"], arch.get("kwargs", {}), where)

@@ -1,0 +1,129 @@
+"""Export compressed models for deployment: ONNX, TorchScript, safetensors, or the pickle-free artifact.
+
+``export_model(model, path, format, example_inputs)`` writes atomically and returns the path;
+``check_onnx(model, path, example_inputs)`` runs the ONNX file with ONNX Runtime and fails loudly when
+its outputs leave the tolerance. See docs/export.md.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from deepshrink.core.errors import ConfigError, DeepShrinkError, ModelError
+from deepshrink.core.fileio import atomic_write_bytes
+from deepshrink.export.onnx import _as_tuple, _first_line, check_onnx, export_onnx, ort_session, run_onnx
+
+Format = Literal["onnx", "torchscript", "safetensors", "deepshrink"]
+FORMATS: tuple[str, ...] = ("onnx", "torchscript", "safetensors", "deepshrink")
+
+__all__ = ["FORMATS", "Format", "check_onnx", "export_model", "ort_session", "run_onnx"]
+
+
+def _unwrap(model: Any) -> nn.Module:
+    """The ``nn.Module`` inside (``Int8Model`` and similar wrappers carry it as ``.model``)."""
+    inner = model if isinstance(model, nn.Module) else getattr(model, "model", None)
+    if not isinstance(inner, nn.Module):
+        raise ModelError(f"cannot export {type(model).__name__}: not a torch nn.Module")
+    return inner
+
+
+def torch_int8_layers(model: nn.Module) -> list[str]:
+    """Layers running PyTorch's own int8 kernels (``torch.ao.nn.quantized``: packed weights, no plain tensors)."""
+    return [name or type(m).__name__ for name, m in model.named_modules()
+            if type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized"))
+            and not name.endswith("_packed_params")]
+
+
+def _name(model: nn.Module) -> str:
+    try:
+        arch = getattr(model, "_deepshrink_arch", None)
+    except DeepShrinkError:
+        arch = None
+    return arch["zoo"] if isinstance(arch, dict) and "zoo" in arch else type(model).__name__
+
+
+def export_model(model: nn.Module, path: str | os.PathLike[str], format: Format,
+                 example_inputs: tuple[torch.Tensor, ...] | None = None, *, opset: int | None = None,
+                 dynamic_axes: dict[str, dict[int, str]] | None = None) -> Path:
+    """Write ``model`` to ``path`` in ``format``; returns the path.
+
+    ``onnx`` and ``torchscript`` trace the model on ``example_inputs`` (required), with the batch
+    dimension dynamic unless ``dynamic_axes`` says otherwise (ONNX only); ``safetensors`` stores the
+    effective weights by plain name (parametrizations applied); ``deepshrink`` writes the pickle-free
+    artifact (``deepshrink.save``, or ``save_quantized`` when weights carry frozen integer codes). The
+    model is exported in eval mode and left in the mode it had.
+    """
+    if format not in FORMATS:
+        raise ConfigError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    module = _unwrap(model)
+    what = _name(module)
+    target = Path(path)
+    if not str(target.parent) or not target.parent.is_dir():
+        raise ConfigError(f"cannot export {what} to {target}: folder {target.parent} does not exist")
+    if opset is not None and format != "onnx":
+        raise ConfigError(f"opset applies to ONNX only, not {format}")
+    inputs = None if example_inputs is None else _as_tuple(example_inputs)
+    if format in ("onnx", "torchscript") and inputs is None:
+        raise ConfigError(f"exporting {what} to {format} traces the model: example_inputs are required")
+    int8 = torch_int8_layers(module)
+    if int8 and format != "torchscript":
+        raise ModelError(f"cannot export {what} to {format}: {len(int8)} layers ({', '.join(int8[:3])}) run "
+                         "torch int8 kernels with packed weights that have no ONNX/plain-tensor form; export "
+                         "the float or fake-quant model (ONNX Runtime quantizes it) or use format 'torchscript'")
+    was_training = module.training
+    module.eval()
+    try:
+        if format == "onnx":
+            export_onnx(module, target, inputs, opset=opset, dynamic_axes=dynamic_axes, what=what)
+        elif format == "torchscript":
+            atomic_write_bytes(target, _torchscript_bytes(module, inputs, what))
+        elif format == "safetensors":
+            atomic_write_bytes(target, _safetensors_bytes(module, what))
+        else:
+            _save_artifact(module, target, what)
+    finally:
+        module.train(was_training)
+    return target
+
+
+def _torchscript_bytes(model: nn.Module, inputs: tuple[torch.Tensor, ...], what: str) -> bytes:
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(model, inputs, strict=False, check_trace=False)
+            torch.jit.save(traced, buf)
+    except Exception as exc:  # noqa: BLE001 - the tracer raises many types; one line for the user
+        raise ModelError(f"cannot export {what} to TorchScript: {_first_line(exc)}") from None
+    return buf.getvalue()
+
+
+def _safetensors_bytes(model: nn.Module, what: str) -> bytes:
+    from safetensors.torch import save as st_save
+
+    from deepshrink.artifact.model_io import plain_state
+
+    state: dict[str, torch.Tensor] = {}
+    for name, (t, _) in plain_state(model).items():
+        state[name] = t.detach().cpu().contiguous().clone()
+    if not state:
+        raise ModelError(f"cannot export {what} to safetensors: it has no tensors")
+    return st_save(state, metadata={"format": "pt", "model": what})
+
+
+def _save_artifact(model: nn.Module, target: Path, what: str) -> None:
+    from deepshrink.artifact.model_io import save
+    from deepshrink.artifact.quantized import save_quantized
+    from deepshrink.quantize.modules import quantized_weight
+
+    if any(quantized_weight(m) is not None for m in model.modules()):
+        save_quantized(model, target)
+    else:
+        save(model, target)

