@@ -10,7 +10,9 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load", "save"]
+__all__ = ["__version__", "compress", "load", "save"]
+
+from deepshrink.api import compress  # noqa: E402  (the one-call API: model + recipe -> Result)
 
 
 def save(model: Any, path: Any, policy: Any = None, info: Any = None) -> Any:

@@ -15,10 +15,16 @@ EPILOG = """examples:
   deepshrink demo --out runs/dc --seed 1 another folder and seed (baselines are reused when identical)
   deepshrink demo --recipe paper         the paper's own per-layer settings (Tables 2-3)
   deepshrink inspect runs/dc/lenet5.huffman.dsk --json
+  deepshrink run recipes/deep_compression_lenet5.yaml --out runs/lenet5   a recipe end to end (resumes if interrupted)
+  deepshrink run int8_ptq --model mypkg.nets:build --weights net.safetensors --data ./idx-folder --out runs/q
+  deepshrink export runs/lenet5/04-encode.dsk --format onnx --input-shape 1,28,28
+  deepshrink report runs/lenet5          tables of a finished run; rewrites report.md and report.html
+  deepshrink sensitivity --model lenet5 --out runs/sens   per-layer accuracy vs kept fraction and bits
+  deepshrink auto --model lenet5 --max-drop 0.5 --time-budget 840 --out runs/auto   budget-driven compression
 """
 
 # Sub-command modules under deepshrink/commands/, in the order --help lists them.
-COMMAND_MODULES: tuple[str, ...] = ("demo", "inspect")
+COMMAND_MODULES: tuple[str, ...] = ("demo", "run", "inspect", "export", "report", "sensitivity", "auto")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,0 +1,78 @@
+"""The model and data of ``deepshrink sensitivity`` / ``deepshrink auto``: build, load or train, then split."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils.data import Subset
+
+from deepshrink.core.errors import ConfigError
+from deepshrink.data import DataSplits
+from deepshrink.data import load as load_data
+from deepshrink.train import TrainConfig, Trainer, seed_everything
+
+
+@dataclass
+class Inputs:
+    """A trained model, the split data and how the model was obtained."""
+
+    model: nn.Module
+    data: DataSplits
+    fit: Subset
+    val: Subset
+    example: Any
+    origin: str
+    train_seconds: float = 0.0
+
+
+def baseline_config(model_spec: str, epochs: int | None, seed: int) -> TrainConfig:
+    """The Deep Compression recipe's baseline training for zoo LeNets, else 10 epochs of Adam."""
+    from deepshrink.pipelines.recipes import BASELINE_TRAIN
+
+    cfg = BASELINE_TRAIN.get(model_spec, TrainConfig(epochs=10, optimizer="adam", lr=1e-3, schedule="cosine"))
+    if epochs is not None:
+        if epochs < 1:
+            raise ConfigError(f"--train-epochs must be >= 1, got {epochs}")
+        cfg = cfg.replace(epochs=epochs)
+    return cfg.replace(seed=seed)
+
+
+def prepare(model_spec: str, *, weights: str | None, data: str, out: Path, val_fraction: float = 0.2,
+            seed: int = 0, train_epochs: int | None = None, progress: bool | None = None,
+            model_args: dict[str, Any] | None = None) -> Inputs:
+    """Build ``model_spec`` (zoo name or package.module:factory), load ``weights`` or train on the fit split.
+
+    A trained baseline is cached in ``out`` (``baseline.trained.<epochs>e.s<seed>.dsk``) so a resumed or
+    repeated run does not train it again. The validation split is held out of the training data.
+    """
+    from deepshrink.artifact import StoragePolicy, save
+    from deepshrink.auto.run import split_train
+    from deepshrink.recipe.models import load_weights, model_factory
+
+    build = model_factory(model_spec, model_args)  # fails early on a bad model name or import path
+    splits = load_data(data)
+    fit, val = split_train(splits.train, val_fraction, seed)
+    example = splits.test.tensors[0][:1]
+    model = build()
+    if weights is not None:
+        load_weights(model, weights)
+        return Inputs(model.eval(), splits, fit, val, example, f"weights {weights}")
+    cfg = baseline_config(model_spec, train_epochs, seed)
+    cached = out / f"baseline.trained.{cfg.epochs}e.s{seed}.v{int(round(100 * val_fraction))}.dsk"
+    if cached.exists():
+        try:
+            load_weights(model, cached)
+            return Inputs(model.eval(), splits, fit, val, example, f"cached baseline {cached.name}")
+        except Exception:  # an unreadable cache is retrained
+            pass
+    start = time.perf_counter()
+    seed_everything(seed)
+    Trainer(model, cfg, progress=progress, description=f"{model_spec} baseline").fit(fit)
+    model.cpu().eval()
+    save(model, cached, StoragePolicy(sparse=False, coding="packed"), info={"stage": "baseline-trained"})
+    return Inputs(model, splits, fit, val, example, f"trained {cfg.epochs} epochs on the fit split",
+                  time.perf_counter() - start)

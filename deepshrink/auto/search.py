@@ -1,0 +1,389 @@
+"""``deepshrink auto``: pick per-layer kept fractions and weight bits for a budget, within a wall time.
+
+1. Sensitivity scan on the validation split (one layer pruned at a time, no retraining).
+2. Pruning walk: plans from :func:`deepshrink.auto.plan.prune_path`, each step pruning further
+   from the last accepted model and retraining briefly; a step that breaks the budget on the
+   validation split is undone and the half-way plan is tried instead.
+3. Weight bits: a bits scan of the pruned model, a greedy per-layer choice that spends what is
+   left of the budget where it saves most bytes, k-means sharing and centroid fine-tuning;
+   bits go back up if validation accuracy falls out of the budget.
+4. The chosen model is stored as Deep Compression (pruned + shared + Huffman) and reported.
+
+Every step checks the clock (steps are timed, the finishing work is reserved), so the run ends
+inside ``time_budget_s``. State is saved in the output folder after every step; running again
+with the same settings resumes from the last accepted model.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from deepshrink.artifact import StoragePolicy, save
+from deepshrink.auto.config import AutoConfig
+from deepshrink.auto.plan import Plan, estimate_bytes, midpoint, next_step, prune_path
+from deepshrink.core.errors import ArtifactError, ConfigError
+from deepshrink.core.fileio import atomic_write_text, ensure_dir
+from deepshrink.measure.accuracy import evaluate
+from deepshrink.prune.masks import remove_masks, set_mask
+from deepshrink.prune.unstructured import prune_layer
+from deepshrink.quantize.kmeans import share_weights
+from deepshrink.sensitivity.scan import SensitivityResult, scan, weight_layers, write_sensitivity
+from deepshrink.train import Trainer
+
+STATE = "auto_state.json"
+ACCEPTED = "accepted.dsk"
+FINAL_POLICY = StoragePolicy(coding="auto", small_dtype="float16")
+EPS = 1e-9  # accuracy drops are multiples of 1/n; do not let float rounding decide a tie
+
+
+class Clock:
+    """Wall time left of the budget; ``fits(seconds)`` keeps ``reserve`` seconds for finishing work."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.start = time.perf_counter()
+        self.budget = budget_s
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def left(self) -> float:
+        return self.budget - self.elapsed()
+
+    def fits(self, seconds: float, reserve: float = 0.0) -> bool:
+        return self.left() >= seconds + reserve
+
+
+@dataclass
+class AutoResult:
+    """The compressed model (decoded from its artifact), the report dict and the files written."""
+
+    model: nn.Module
+    report: dict[str, Any]
+    paths: dict[str, Path]
+
+    @property
+    def artifact(self) -> Path:
+        return self.paths["artifact"]
+
+
+def _fingerprint(model: nn.Module, cfg: AutoConfig, extra: list[Any]) -> str:
+    """Identifies the run: settings, data names and the baseline's weights (so a resume is safe)."""
+    h = hashlib.sha256(json.dumps([cfg.to_dict(), extra], sort_keys=True, default=str).encode())
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _round_small(model: nn.Module) -> None:
+    """Round 1-D float tensors to float16 values, so the fp16-bias artifact reloads exactly."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() <= 1 and p.is_floating_point():
+                p.copy_(p.half().float())
+
+
+class _Search:
+    """One auto run; split into methods so each phase can check the clock and save state."""
+
+    def __init__(self, model: nn.Module, cfg: AutoConfig, train: Dataset, val: Dataset, out: Path,
+                 progress: bool | None, log: Callable[[str], None]) -> None:
+        self.cfg, self.train, self.val, self.out, self.progress, self.log = cfg, train, val, out, progress, log
+        self.baseline = copy.deepcopy(model).cpu().eval()
+        remove_masks(self.baseline)
+        self.clock = Clock(cfg.time_budget_s)
+        self.state: dict[str, Any] = {}
+        self.layers = list(weight_layers(self.baseline))
+        self.numels = {n: m.weight.numel() for n, m in weight_layers(self.baseline).items()}
+        self.epoch_s = 0.0
+
+    # -- measurements -------------------------------------------------------------------------
+    def score(self, model: nn.Module) -> float:
+        return evaluate(model, self.val).accuracy
+
+    def drop(self, acc: float) -> float:
+        return 100.0 * (self.state["val_baseline"] - acc)
+
+    def _estimate_epoch(self) -> float:
+        """Seconds per training epoch: measured once training has run, else from a timed evaluation."""
+        if self.epoch_s:
+            return self.epoch_s
+        start = time.perf_counter()
+        evaluate(self.baseline, self.val)
+        per_sample = (time.perf_counter() - start) / max(1, len(self.val))
+        return 4.0 * per_sample * len(self.train)  # forward + backward + optimizer ~ 4 forward passes
+
+    def _fit(self, model: nn.Module, cfg: Any, description: str) -> None:
+        if cfg.epochs == 0:
+            return
+        start = time.perf_counter()
+        Trainer(model, cfg, progress=self.progress, description=description).fit(self.train)
+        model.cpu()
+        self.epoch_s = (time.perf_counter() - start) / cfg.epochs
+
+    def _reserve(self) -> float:
+        """Seconds kept for the bits phase and the final report: a bits scan, two fine-tunings, measuring."""
+        scan_s = 2.0 * len(self.layers) * (len(self.cfg.bits) + 1) * self._eval_s()
+        return scan_s + 2.0 * self.cfg.finetune.epochs * self._estimate_epoch() + 30.0 + 10 * self._eval_s()
+
+    def _eval_s(self) -> float:
+        if "eval_s" not in self.state:
+            start = time.perf_counter()
+            evaluate(self.baseline, self.val)
+            self.state["eval_s"] = time.perf_counter() - start
+        return float(self.state["eval_s"])
+
+    def _save_state(self) -> None:
+        atomic_write_text(self.out / STATE, json.dumps(self.state, indent=2, sort_keys=True))
+
+    def _trial(self, **fields: Any) -> dict[str, Any]:
+        trial = {"n": len(self.state["trials"]), "elapsed_s": round(self.clock.elapsed(), 1), **fields}
+        self.state["trials"].append(trial)
+        self._save_state()
+        verdict = "accepted" if trial.get("accepted") else "rejected"
+        self.log(f"[{trial['elapsed_s']:.0f}s] {trial['phase']} #{trial['n']}: val {100 * trial['val_accuracy']:.2f}% "
+                 f"({-trial['val_drop_pt']:+.2f} pt), ~{trial['bytes']:,} bytes, {verdict}")
+        return trial
+
+    def _preview_bytes(self, model: nn.Module, bits: int = 4) -> int:
+        """Bytes of the model stored as Deep Compression with ``bits``-bit sharing (not fine-tuned)."""
+        trial = copy.deepcopy(model)
+        mods = weight_layers(trial)
+        for name in self.layers:
+            share_weights(mods[name], bits)
+        _round_small(trial)
+        return save(trial, self.out / "preview.dsk", FINAL_POLICY).nbytes
+
+    # -- phase 1: pruning ----------------------------------------------------------------------
+    def prune_phase(self, sens: SensitivityResult) -> nn.Module:
+        cfg, st = self.cfg, self.state
+        path = [dict(p) for p in st.setdefault("path", prune_path(sens))]
+        current = self._accepted_model()
+        accepted: Plan = st.setdefault("accepted_plan", dict.fromkeys(self.layers, 1.0))
+        limit = cfg.drop_limit * cfg.prune_share if cfg.drop_limit is not None else None
+        while st.get("phase", "prune") == "prune":
+            rejected = st.get("rejected_plan")
+            if rejected is not None:
+                plan = midpoint(accepted, rejected)
+                idx = st.get("accepted_index", -1)
+                if (st.get("bisections", 0) >= 4
+                        or estimate_bytes(self.numels, plan, 4) > 0.93 * estimate_bytes(self.numels, accepted, 4)):
+                    # Stalled: retrain the accepted model longer (if time allows), then try the next step again.
+                    if st.get("rests", 0) >= 6 or not self._rest(current, accepted, limit):
+                        break
+                    current = self._accepted_model()
+                    continue
+            else:
+                idx = next_step(path, self.numels, st.get("accepted_index", -1), cfg.step_factor)
+                if idx >= len(path) or path[idx] == accepted:
+                    break
+                plan = path[idx]
+            step_s = cfg.retrain.epochs * self._estimate_epoch() + 3 * self._eval_s()
+            if not self.clock.fits(step_s, self._reserve()):
+                self.log(f"[{self.clock.elapsed():.0f}s] pruning stops: no time left for another step")
+                break
+            work = copy.deepcopy(current)
+            mods = weight_layers(work)
+            for name, keep in plan.items():
+                prune_layer(mods[name], keep)
+            self._fit(work, cfg.retrain.replace(seed=cfg.retrain.seed + len(st["trials"])),
+                      f"auto prune #{len(st['trials'])}")
+            acc = self.score(work)
+            ok = limit is None or self.drop(acc) <= limit + EPS
+            if not ok and self.clock.fits(step_s, self._reserve()):
+                # One more round of retraining (masks still on) before giving the step up.
+                self._fit(work, cfg.retrain.replace(seed=cfg.retrain.seed + 1000 + len(st["trials"])),
+                          f"auto prune #{len(st['trials'])} (recovery)")
+                acc = self.score(work)
+                ok = limit is None or self.drop(acc) <= limit + EPS
+            remove_masks(work)
+            nbytes = self._preview_bytes(work)
+            self._trial(phase="prune", plan=plan, bits=None, val_accuracy=acc, val_drop_pt=self.drop(acc),
+                        bytes=nbytes, bytes_kind="preview (4-bit sharing, not fine-tuned)", accepted=ok)
+            if ok:
+                current, accepted = work, plan
+                st["accepted_plan"] = plan
+                if rejected is None:
+                    st["accepted_index"] = idx
+                save(current, self.out / ACCEPTED, StoragePolicy(coding="packed"))
+            else:
+                st["rejected_plan"] = plan
+                if rejected is not None:
+                    st["bisections"] = st.get("bisections", 0) + 1
+            if rejected is not None and ok:
+                st["bisections"] = st.get("bisections", 0) + 1
+            if cfg.target_bytes is not None and ok and nbytes <= cfg.target_bytes:
+                break
+            self._save_state()
+        st["phase"] = "bits"
+        self._save_state()
+        return current
+
+    def _accepted_model(self) -> nn.Module:
+        """The last accepted pruned model from ``accepted.dsk`` (weights into a copy of the baseline)."""
+        from deepshrink.recipe.models import load_weights
+
+        model = copy.deepcopy(self.baseline)
+        if (self.out / ACCEPTED).exists():
+            load_weights(model, self.out / ACCEPTED)
+        return model
+
+    def _rest(self, current: nn.Module, plan: Plan, limit: float | None) -> bool:
+        """One more retraining round of the accepted model with its zeros masked; kept if still in budget."""
+        cfg, st = self.cfg, self.state
+        step_s = cfg.retrain.epochs * self._estimate_epoch() + 3 * self._eval_s()
+        if not self.clock.fits(step_s, self._reserve()):
+            return False
+        st["rests"] = st.get("rests", 0) + 1
+        work = copy.deepcopy(current)
+        for module in weight_layers(work).values():
+            set_mask(module, (module.weight.detach() != 0).float())
+        self._fit(work, cfg.retrain.replace(seed=cfg.retrain.seed + 2000 + len(st["trials"])),
+                  f"auto retrain #{len(st['trials'])}")
+        remove_masks(work)
+        acc = self.score(work)
+        ok = limit is None or self.drop(acc) <= limit + EPS
+        self._trial(phase="prune", plan=plan, bits=None, val_accuracy=acc, val_drop_pt=self.drop(acc),
+                    bytes=self._preview_bytes(work), bytes_kind="preview (4-bit sharing, not fine-tuned)",
+                    accepted=ok, note="accepted model retrained longer")
+        if ok:
+            save(work, self.out / ACCEPTED, StoragePolicy(coding="packed"))
+        st["bisections"] = 0
+        st.pop("rejected_plan", None)
+        self._save_state()
+        return True
+
+    # -- phase 2: weight bits ------------------------------------------------------------------
+    def choose_bits(self, pruned: nn.Module, bits_sens: SensitivityResult, budget_pt: float,
+                    target: float | None) -> tuple[dict[str, int], list[str]]:
+        """Greedy: from the most bits, lower the layer that saves most bytes per point lost, within budget."""
+        grid = sorted(self.cfg.bits, reverse=True)
+        keeps = {n: max(1e-6, 1.0 - _sparsity(m)) for n, m in weight_layers(pruned).items() if n in self.layers}
+        bits = dict.fromkeys(self.layers, grid[0])
+        spent, order = 0.0, []
+        while True:
+            best, best_gain = None, 0.0
+            for name in self.layers:
+                i = grid.index(bits[name])
+                if i + 1 >= len(grid):
+                    continue
+                curve = bits_sens.layers[name]
+                lost = (curve.drop_at_bits(bits_sens.baseline, grid[i + 1])
+                        - curve.drop_at_bits(bits_sens.baseline, bits[name])) * 100.0
+                saved = (estimate_bytes({name: self.numels[name]}, keeps, bits[name])
+                         - estimate_bytes({name: self.numels[name]}, keeps, grid[i + 1]))
+                within = target is not None or spent + lost <= budget_pt
+                gain = saved / (max(lost, 0.0) + 0.02)
+                if within and gain > best_gain:
+                    best, best_gain = name, gain
+            if best is None:
+                break
+            if target is not None and estimate_bytes(self.numels, keeps, bits) <= target:
+                break
+            i = grid.index(bits[best])
+            curve = bits_sens.layers[best]
+            spent += 100.0 * max(0.0, curve.drop_at_bits(bits_sens.baseline, grid[i + 1])
+                                 - curve.drop_at_bits(bits_sens.baseline, bits[best]))
+            bits[best] = grid[i + 1]
+            order.append(best)
+        return bits, order
+
+    def bits_phase(self, pruned: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+        cfg, st = self.cfg, self.state
+        pruned_acc = self.score(pruned)
+        self.log(f"[{self.clock.elapsed():.0f}s] bits scan of the pruned model")
+        bits_sens = scan(pruned, self.score, keeps=(1.0,), bits=cfg.bits, progress=self.progress)
+        left_pt = (cfg.drop_limit - self.drop(pruned_acc)) if cfg.drop_limit is not None else math.inf
+        bits, order = self.choose_bits(pruned, bits_sens, max(0.0, left_pt), cfg.target_bytes)
+        candidates: list[tuple[nn.Module, dict[str, Any]]] = []
+        while True:
+            finetune = cfg.finetune
+            need = finetune.epochs * self._estimate_epoch() + 3 * self._eval_s() + 30.0
+            if candidates and not self.clock.fits(need):
+                break
+            if not self.clock.fits(need):  # no time for fine-tuning at all: share only
+                finetune = finetune.replace(epochs=0)
+            work = copy.deepcopy(pruned)
+            mods = weight_layers(work)
+            for name, b in bits.items():
+                share_weights(mods[name], b)
+            self._fit(work, finetune, "auto centroids")
+            work.cpu()
+            _round_small(work)
+            path = self.out / f"candidate{len(candidates)}.dsk"
+            nbytes = save(work, path, FINAL_POLICY, info={"pipeline": "auto", "bits": bits}).nbytes
+            acc = self.score(work)
+            ok = ((cfg.drop_limit is None or self.drop(acc) <= cfg.drop_limit + EPS)
+                  and (cfg.target_bytes is None or nbytes <= cfg.target_bytes))
+            trial = self._trial(phase="bits", plan=st.get("accepted_plan"), bits=dict(bits), val_accuracy=acc,
+                                val_drop_pt=self.drop(acc), bytes=nbytes, bytes_kind="artifact", accepted=ok,
+                                artifact=str(path))
+            candidates.append((work, trial))
+            if ok or not order:
+                break
+            # Too much lost: give back the last one or two bit reductions and fine-tune again.
+            for _ in range(min(2, len(order))):
+                name = order.pop()
+                grid = sorted(cfg.bits)
+                bits[name] = grid[min(len(grid) - 1, grid.index(bits[name]) + 1)]
+        good = [c for c in candidates if c[1]["accepted"]]
+        if good:
+            return min(good, key=lambda c: c[1]["bytes"])
+        return max(candidates, key=lambda c: c[1]["val_accuracy"])
+
+    def run(self) -> tuple[nn.Module, dict[str, Any], nn.Module]:
+        st = self.state
+        st.setdefault("trials", [])
+        if "val_baseline" not in st:
+            st["val_baseline"] = self.score(self.baseline)
+        if "sensitivity" in st:
+            sens = SensitivityResult.from_dict(st["sensitivity"])
+        else:
+            self.log("sensitivity scan (one layer at a time, validation split)")
+            sens = scan(self.baseline, self.score, keeps=self.cfg.keeps, bits=(), progress=self.progress)
+            st["sensitivity"] = sens.to_dict()
+            self._save_state()
+        write_sensitivity(sens, ensure_dir(self.out / "sensitivity"), "baseline")
+        pruned = self.prune_phase(sens)
+        final, trial = self.bits_phase(pruned)
+        st["phase"] = "done"
+        st["final_trial"] = trial["n"]
+        self._save_state()
+        return final, trial, pruned
+
+
+def _sparsity(module: nn.Module) -> float:
+    w = module.weight.detach()
+    return 1.0 - float((w != 0).sum()) / max(1, w.numel())
+
+
+def open_state(out: Path, fingerprint: str, resume: bool) -> dict[str, Any]:
+    """The saved state of an identical earlier run (to resume), else a fresh one; stale files are removed."""
+    path = out / STATE
+    if resume and path.exists():
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"cannot read {path}: {exc}; remove it or pass --fresh") from None
+        if state.get("fingerprint") == fingerprint and state.get("phase") != "done":
+            return state
+        if state.get("fingerprint") != fingerprint:
+            raise ConfigError(f"{out} holds an auto run with other settings or another model; "
+                              "use another --out or --fresh to start over")
+    for stale in (out / STATE, out / ACCEPTED):
+        if stale.exists():
+            os.unlink(stale)
+    return {"fingerprint": fingerprint}

@@ -1,0 +1,379 @@
+"""Run a recipe: baseline, then each stage in order, one atomic artifact and one measurement per stage.
+
+With an output folder every completed stage is recorded in ``DIR/state.json`` (written atomically after
+the stage's artifact), trainer checkpoints live in ``DIR/checkpoints``, and running the same recipe on
+the same model and data again resumes: completed stages are skipped and the last artifact is reloaded
+(pruning masks and shared codebooks re-attached from it). ``report.json/.md/.html`` are written last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Subset
+
+from deepshrink.artifact import StoragePolicy
+from deepshrink.core.errors import ConfigError, DeepShrinkError
+from deepshrink.core.fileio import atomic_write_text, ensure_dir
+from deepshrink.recipe import schema as S
+from deepshrink.recipe import stages as ops
+from deepshrink.recipe.loader import LineMap, recipe_to_dict
+from deepshrink.recipe.models import load_model, load_weights, model_factory, save_model
+from deepshrink.train import seed_everything
+
+STATE_FILE = "state.json"
+STATE_VERSION = 1
+QUICK_TRAIN = 1024
+Event = Callable[[dict[str, Any]], None]
+
+
+class StageError(ConfigError):
+    """A stage failed on the model: the message names the stage (and the recipe line when known)."""
+
+
+@dataclass
+class RunResult:
+    """What a run produced: the compressed model, the report dict and where files went."""
+
+    model: nn.Module
+    report: dict[str, Any]
+    out_dir: Path | None = None
+    policy: StoragePolicy = field(default_factory=StoragePolicy)
+    resumed: list[str] = field(default_factory=list)
+
+    def save(self, path: str | os.PathLike[str]) -> int:
+        """Write the compressed model as an artifact with the recipe's storage settings; returns bytes."""
+        return save_model(self.model, path, self.policy, info={"recipe": self.report.get("recipe")}).nbytes
+
+
+def quick_recipe(recipe: S.Recipe) -> S.Recipe:
+    """A smoke-test version: at most one epoch per training, one pruning step."""
+    def shrink(spec: S.TrainSpec | None) -> S.TrainSpec | None:
+        return spec.model_copy(update={"epochs": min(spec.epochs, 1)}) if spec is not None else None
+
+    stages = []
+    for st in recipe.stages:
+        upd: dict[str, Any] = {}
+        if isinstance(st, S.FinetuneStage):
+            upd["epochs"] = min(st.epochs, 1)
+        for key in ("retrain", "finetune", "train"):
+            if isinstance(getattr(st, key, None), S.TrainSpec):
+                upd[key] = shrink(getattr(st, key))
+        if isinstance(st, S.PruneStage):
+            upd["steps"] = 1
+        stages.append(st.model_copy(update=upd))
+    return recipe.model_copy(update={"stages": stages})
+
+
+def _fingerprint(recipe: S.Recipe, model: str, data: str, weights: str | None, quick: bool) -> str:
+    wsum = hashlib.sha256(Path(weights).read_bytes()).hexdigest() if weights else None
+    blob = json.dumps([recipe_to_dict(recipe), model, data, wsum, quick], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _where(index: int, stage: Any, lines: LineMap | None, source: str | None) -> str:
+    line = lines.line(("stages", index)) if lines is not None else None
+    head = f"{source}:{line}: " if source and line else (f"{source}: " if source else "")
+    return f"{head}stage {index} ({stage.kind})"
+
+
+def _attachments(model: nn.Module) -> dict[str, list[str]]:
+    """Layers whose weight carries a pruning mask or a shared codebook (re-attached on resume)."""
+    from deepshrink.prune.masks import get_mask
+    from deepshrink.quantize.kmeans import shared_codebook
+
+    masked, shared = [], []
+    for name, module in model.named_modules():
+        if ".parametrizations" in f".{name}" or not isinstance(getattr(module, "weight", None), torch.Tensor):
+            continue
+        try:
+            if get_mask(module) is not None:
+                masked.append(name)
+            elif shared_codebook(module) is not None:
+                shared.append(name)
+        except (AttributeError, KeyError):
+            continue
+    return {"masked": masked, "shared": shared}
+
+
+def _reattach(model: nn.Module, attached: dict[str, list[str]]) -> None:
+    """Masks from the zeros of each masked layer; exact codebooks from each shared layer's distinct values."""
+    from torch.nn.utils import parametrize
+
+    from deepshrink.prune.masks import set_mask
+    from deepshrink.quantize.kmeans import SharedCodebook
+
+    modules = dict(model.named_modules())
+    for name in attached.get("masked", []):
+        if name in modules:
+            set_mask(modules[name], (modules[name].weight.detach() != 0).float())
+    for name in attached.get("shared", []):
+        if name not in modules:
+            continue
+        module = modules[name]
+        w = module.weight.detach()
+        values = torch.unique(w[w != 0])
+        assign = torch.full(w.shape, values.numel(), dtype=torch.long)
+        nz = w != 0
+        assign[nz] = torch.searchsorted(values, w[nz])
+        codebook = values.float() if values.numel() else torch.zeros(1)
+        parametrize.register_parametrization(module, "weight", SharedCodebook(assign, codebook), unsafe=True)
+
+
+class _Run:
+    def __init__(self, recipe: S.Recipe, out: Path | None, fingerprint: str, on_event: Event | None) -> None:
+        self.recipe = recipe
+        self.out = out
+        self.fingerprint = fingerprint
+        self.on_event = on_event or (lambda e: None)
+        self.state: dict[str, Any] = {"version": STATE_VERSION, "fingerprint": fingerprint, "complete": False,
+                                      "baseline": None, "stages": {}}
+
+    def load_state(self, restart: bool) -> None:
+        if self.out is None:
+            return
+        path = self.out / STATE_FILE
+        if not path.exists() or restart:
+            return
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path} is unreadable ({exc}); pass --restart to start over") from None
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise ConfigError(f"{path} is not a deepshrink run state; use another output folder or --restart")
+        if state.get("fingerprint") != self.fingerprint:
+            raise ConfigError(f"{self.out} holds a run of another recipe, model, data or weights; "
+                              "use another --out, or --restart to overwrite it")
+        self.state = state
+
+    def save_state(self) -> None:
+        if self.out is not None:
+            atomic_write_text(self.out / STATE_FILE, json.dumps(self.state, indent=2, sort_keys=True))
+
+    def emit(self, **event: Any) -> None:
+        self.on_event(event)
+
+
+def run_recipe(recipe: S.Recipe, *, model: nn.Module | str | None = None, model_args: dict[str, Any] | None = None,
+               data: Any = None, weights: str | os.PathLike[str] | None = None,
+               out: str | os.PathLike[str] | None = None, eval_fn: Callable[[nn.Module], float] | None = None,
+               pretrained: bool | None = None, quick: bool = False, restart: bool = False,
+               progress: bool | None = None, latency: bool | None = None, on_event: Event | None = None,
+               lines: LineMap | None = None, source: str | None = None) -> RunResult:
+    """Run ``recipe`` on ``model`` (an ``nn.Module``, a zoo name or ``package.module:factory``; default the
+    recipe's) with ``data`` (a ``DataSplits`` or a dataset name/folder; default the recipe's).
+
+    Leading ``finetune`` stages train the baseline unless ``pretrained`` (default: True when ``weights``
+    are given or ``model`` is a module). ``eval_fn(model) -> accuracy`` replaces test-set accuracy.
+    With ``out`` every stage's artifact, ``state.json`` and the reports go there and an interrupted run
+    resumes; without it artifacts go to a temporary folder that is removed afterwards.
+    """
+    from deepshrink.data import DataSplits
+    from deepshrink.data import load as load_data
+
+    if quick:
+        recipe = quick_recipe(recipe)
+    # --- the model factory, the data, the output folder: all checked before any work or any file
+    if isinstance(model, nn.Module):
+        template = copy.deepcopy(model).cpu()
+        spec_name = type(model).__name__
+
+        def factory() -> nn.Module:
+            return copy.deepcopy(template)
+        pretrained = True if pretrained is None else pretrained
+    else:
+        spec_name = model or recipe.model
+        factory = model_factory(spec_name, recipe.model_args if model is None else (model_args or {}))
+        pretrained = weights is not None if pretrained is None else pretrained
+    if data is None:
+        data = recipe.dataset
+    if data is None:
+        raise ConfigError("no dataset given: pass --data NAME_OR_PATH or set dataset: in the recipe")
+    splits = data if isinstance(data, DataSplits) else load_data(data)
+    train = Subset(splits.train, range(min(QUICK_TRAIN, len(splits.train)))) if quick else splits.train
+    example = splits.test.tensors[0][:1]
+    seed_everything(recipe.seed)
+    net = factory()
+    if weights is not None:
+        load_weights(net, weights)
+    fingerprint = _fingerprint(recipe, spec_name, splits.name, os.fspath(weights) if weights else None, quick)
+    names = S.stage_names(recipe)
+    _preflight(recipe, net, lines, source)
+
+    created = out is not None and not Path(out).exists()
+    tmp = None
+    if out is None:
+        tmp = tempfile.TemporaryDirectory(prefix="deepshrink-run-")
+        folder = Path(tmp.name)
+    else:
+        folder = ensure_dir(out)
+    run = _Run(recipe, None if tmp else folder, fingerprint, on_event)
+    try:
+        run.load_state(restart)
+        if restart:
+            for stale in (folder / "checkpoints").glob("*.pt"):
+                stale.unlink()
+        run.save_state()  # claims the folder for this run: checkpoints of another recipe are never resumed
+        state = ops.RunState(net, train, splits.train, example, seed=recipe.seed, progress=progress,
+                             checkpoint_dir=ensure_dir(folder / "checkpoints"), factory=factory)
+        result = _execute(run, state, folder, names, splits, eval_fn, pretrained,
+                          recipe.latency if latency is None else latency, lines, source, spec_name)
+    except BaseException as exc:
+        if created and not run.state["stages"] and run.state["baseline"] is None \
+                and not isinstance(exc, KeyboardInterrupt):
+            shutil.rmtree(folder, ignore_errors=True)  # nothing worth resuming: leave no half-made folder
+        raise
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    return result
+
+
+def _preflight(recipe: S.Recipe, model: nn.Module, lines: LineMap | None, source: str | None) -> None:
+    """Layer patterns of the stages before the first architecture change must match the model."""
+    for i, stage in enumerate(recipe.stages):
+        if isinstance(stage, (S.FactorizeStage, S.DistillStage)) or (
+                isinstance(stage, S.PruneStage) and stage.method == "structured"):
+            return
+        try:
+            ops.check_selection(model, stage)
+        except ConfigError as exc:
+            raise StageError(f"{_where(i, stage, lines, source)}: {exc}") from None
+
+
+def _execute(run: _Run, state: ops.RunState, folder: Path, names: list[str], splits: Any,
+             eval_fn: Callable[[nn.Module], float] | None, pretrained: bool, latency: bool,
+             lines: LineMap | None, source: str | None, spec_name: str) -> RunResult:
+    from deepshrink.report.run import record_stage
+
+    recipe = run.recipe
+    eval_data = None if eval_fn is not None else splits.test
+
+    def measure(name: str, kind: str, path: Path | None, seconds: float | None) -> dict[str, Any]:
+        rec = record_stage(name, kind, state.model, example_inputs=state.example, eval_data=eval_data,
+                           artifact_path=path, seconds=seconds, latency=latency)
+        if eval_fn is not None:
+            rec["accuracy"] = float(eval_fn(state.model))
+        return rec
+
+    n_base = S.baseline_stage_count(recipe)  # index of the first compression stage
+    done = run.state["stages"]
+    last = None
+    for i, name in enumerate(names):
+        if name in done:
+            last = done[name]
+    resumed = [n for n in names if n in done]
+    if last is not None:  # resume from the last completed stage's artifact
+        state.model = load_model(folder / last["resume_artifact"], state.factory)
+        _reattach(state.model, last.get("attached", {}))
+        for i, stage in enumerate(recipe.stages):
+            if names[i] in done and isinstance(stage, S.EncodeStage):
+                ops.encode(stage, state, names[i])  # restores the storage policy (rounding is idempotent)
+    records: list[dict[str, Any]] = []
+    total = len(names)
+    for i, stage in enumerate(recipe.stages):
+        name = names[i]
+        if i < n_base and pretrained:
+            run.emit(event="skip", index=i, total=total, name=name, kind=stage.kind, reason="pretrained weights")
+            continue
+        if i == n_base and run.state["baseline"] is None:
+            seed_everything(recipe.seed)
+            path = folder / "baseline.dsk"
+            trained = sum(done[n].get("seconds", 0.0) for n in names[:n_base] if n in done)
+            save_model(state.model, path, StoragePolicy(sparse=False, coding="packed"), info={"stage": "baseline"})
+            run.state["baseline"] = measure("baseline", "baseline", path, trained)
+            run.state["baseline_resume"] = path.name
+            run.save_state()
+            run.emit(event="done", index=i, total=total, name="baseline", kind="baseline",
+                     record=run.state["baseline"])
+        if i == n_base:
+            seed_everything(recipe.seed)  # compression starts from the same RNG state, resumed or not
+        if name in done:
+            if i >= n_base:
+                records.append(done[name]["record"])
+            run.emit(event="skip", index=i, total=total, name=name, kind=stage.kind, reason="already complete")
+            continue
+        run.emit(event="start", index=i, total=total, name=name, kind=stage.kind)
+        t0 = time.perf_counter()
+        try:
+            export_path = None
+            if isinstance(stage, S.ExportStage):
+                export_path = ops.export(stage, state, name, folder)
+            else:
+                getattr(ops, stage.kind)(stage, state, name)
+        except DeepShrinkError as exc:
+            raise type(exc)(f"{_where(i, stage, lines, source)} {name!r}: {exc}") from None
+        seconds = time.perf_counter() - t0
+        if export_path is not None:
+            resume = last["resume_artifact"] if last else run.state.get("baseline_resume", "baseline.dsk")
+            path = export_path
+        else:
+            path = folder / f"{i:02d}-{name}.dsk"
+            save_model(state.model, path, state.policy, info={"stage": name, "recipe": recipe.name})
+            resume = path.name
+        record = measure(name, stage.kind, path, seconds) if i >= n_base else None
+        entry = {"index": i, "kind": stage.kind, "resume_artifact": resume, "attached": _attachments(state.model),
+                 "record": record, "seconds": seconds}
+        done[name] = entry
+        last = entry
+        run.save_state()
+        ckpt = state.checkpoint(name)
+        if ckpt is not None:
+            with contextlib.suppress(OSError):
+                ckpt.unlink()
+        if record is not None:
+            records.append(record)
+        run.emit(event="done", index=i, total=total, name=name, kind=stage.kind, record=record or {},
+                 seconds=seconds)
+    if run.state["baseline"] is None:  # a recipe of finetune stages only: the trained model is the baseline
+        path = folder / "baseline.dsk"
+        save_model(state.model, path, StoragePolicy(sparse=False, coding="packed"), info={"stage": "baseline"})
+        run.state["baseline"] = measure("baseline", "baseline", path, None)
+    report = _report(run, records, spec_name, splits.name, state)
+    run.state["complete"] = True
+    if run.out is not None:
+        from deepshrink.report.run import write_run_report
+
+        write_run_report(report, folder)
+        run.save_state()
+        with contextlib.suppress(OSError):
+            (folder / "checkpoints").rmdir()
+    else:
+        report = _drop_paths(report)
+    return RunResult(state.model.eval(), report, run.out, state.policy, resumed)
+
+
+def _report(run: _Run, records: list[dict[str, Any]], model: str, dataset: str,
+            state: ops.RunState) -> dict[str, Any]:
+    base = run.state["baseline"]
+    stored = [r for r in records if r.get("kind") != "export"]
+    final = stored[-1] if stored else base
+    fp32 = 4 * base["params"]
+    ratio = fp32 / final["artifact_bytes"] if final.get("artifact_bytes") else None
+    drop = (100.0 * (base["accuracy"] - final["accuracy"])
+            if base.get("accuracy") is not None and final.get("accuracy") is not None else None)
+    return {"model": model, "dataset": dataset, "recipe": run.recipe.name, "seed": run.recipe.seed,
+            "reference": run.recipe.reference, "recipe_settings": recipe_to_dict(run.recipe),
+            "baseline": base, "stages": records, "fp32_bytes": fp32, "compression_ratio": ratio,
+            "accuracy_drop_points": drop, "final_artifact": final.get("artifact"), "notes": state.notes}
+
+
+def _drop_paths(report: dict[str, Any]) -> dict[str, Any]:
+    """Without an output folder the artifacts were temporary: keep their sizes, drop their paths."""
+    report = dict(report, final_artifact=None)
+    for rec in [report["baseline"], *report["stages"]]:
+        rec["artifact"] = None
+    return report

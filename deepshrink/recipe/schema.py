@@ -1,0 +1,323 @@
+"""The recipe schema: an ordered list of typed stages, validated by pydantic (unknown keys are errors).
+
+A recipe is YAML like::
+
+    name: deep-compression-lenet300
+    model: lenet300
+    dataset: mnist5k
+    seed: 0
+    stages:
+      - kind: finetune          # leading finetune stages train the baseline
+        epochs: 40
+      - kind: prune
+        sparsity: 0.9
+        overrides: {fc1: 0.975}
+        schedule: iterative
+        steps: 5
+        retrain: {epochs: 8, lr: 0.05}
+
+Every model is frozen, so a recipe is a value: ``Recipe.model_validate(r.model_dump()) == r``.
+Layer patterns are globs on module names (``fc*``), ``re:<regex>`` (full match) or ``type:<nn class>``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from torch import nn
+
+STAGE_KINDS = ("prune", "quantize", "cluster", "factorize", "distill", "finetune", "encode", "export")
+Unit = Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
+Bits = Annotated[int, Field(ge=1, le=8)]
+IndexBits = Annotated[int, Field(ge=1, le=16)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def check_pattern(pattern: str) -> str:
+    """A layer pattern: glob, ``re:<regex>`` or ``type:<torch.nn class>``; invalid ones are rejected early."""
+    if not isinstance(pattern, str) or not pattern:
+        raise ValueError(f"layer pattern must be a non-empty string, got {pattern!r}")
+    if pattern.startswith("re:"):
+        try:
+            re.compile(pattern[3:])
+        except re.error as exc:
+            raise ValueError(f"layer pattern {pattern!r} is not a valid regex: {exc}") from None
+    elif pattern.startswith("type:"):
+        cls = getattr(nn, pattern[5:], None)
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise ValueError(f"layer pattern {pattern!r}: {pattern[5:]!r} is not a torch.nn module class")
+    return pattern
+
+
+def resolve_pattern(pattern: str) -> str | type:
+    """The form ``deepshrink.prune.select`` understands: a module type for ``type:``, else the string."""
+    return getattr(nn, pattern[5:]) if pattern.startswith("type:") else pattern
+
+
+def pattern_regex(pattern: str) -> str:
+    """A regex equivalent of a name pattern (``type:`` patterns need the model; see the runner)."""
+    return pattern[3:] if pattern.startswith("re:") else fnmatch.translate(pattern).removesuffix(r"\Z")
+
+
+Pattern = Annotated[str, Field(min_length=1)]
+
+
+class Selection(_Frozen):
+    """Which layers a stage touches: patterns (all prunable layers when omitted) minus exclusions."""
+
+    layers: list[Pattern] | None = None
+    exclude: list[Pattern] = Field(default_factory=list)
+    exclude_first: bool = False
+    exclude_last: bool = False
+
+    @field_validator("layers", "exclude")
+    @classmethod
+    def _patterns(cls, v: list[str] | None) -> list[str] | None:
+        for p in v or ():
+            check_pattern(p)
+        return v
+
+
+class TrainSpec(_Frozen):
+    """Training settings (``deepshrink.train.TrainConfig``); ``seed`` defaults to the recipe's seed."""
+
+    epochs: Annotated[int, Field(ge=0)] = 10
+    batch_size: Annotated[int, Field(ge=1)] = 64
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 0.01
+    momentum: Unit = 0.9
+    weight_decay: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.0
+    schedule: Literal["constant", "cosine", "step"] = "cosine"
+    step_size: Annotated[int, Field(ge=1)] = 10
+    gamma: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 0.1
+    warmup_epochs: Annotated[int, Field(ge=0)] = 0
+    label_smoothing: Unit = 0.0
+    grad_clip: Annotated[float, Field(gt=0.0)] | None = None
+    seed: int | None = None
+
+
+class StageBase(Selection):
+    name: str | None = None
+
+
+class PruneStage(StageBase):
+    """Pruning to ``sparsity`` of the weights. ``method``: ``magnitude`` (Han et al. / Deep Compression: per-layer
+    |w| masks over ``steps`` iterative rounds, round r retrained with seed + r), ``unstructured`` (the pruning
+    engine: any importance, scope, schedule, N:M) or ``structured`` (channels removed)."""
+
+    kind: Literal["prune"] = "prune"
+    method: Literal["magnitude", "unstructured", "structured"] = "unstructured"
+    sparsity: Unit = 0.5
+    overrides: dict[Pattern, Unit] = Field(default_factory=dict)
+    importance: str = "l1"
+    scope: Literal["layer", "global"] = "layer"
+    schedule: Literal["oneshot", "iterative", "agp", "lasso"] = "oneshot"
+    steps: Annotated[int, Field(ge=1, le=1000)] = 1
+    retrain: TrainSpec | None = None
+    nm: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=2, max_length=2)] | None = None
+    threshold: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] | None = None
+    round_to: Annotated[int, Field(ge=1)] = 1
+
+    @field_validator("importance")
+    @classmethod
+    def _importance(cls, v: str) -> str:
+        from deepshrink.prune.importance import CRITERIA
+
+        if v not in CRITERIA:
+            raise ValueError(f"unknown importance {v!r}; choose one of: {', '.join(CRITERIA.names())}")
+        return v
+
+    @field_validator("overrides")
+    @classmethod
+    def _override_patterns(cls, v: dict[str, float]) -> dict[str, float]:
+        for p in v:
+            check_pattern(p)
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PruneStage:
+        if self.nm is not None and not self.nm[0] < self.nm[1]:
+            raise ValueError(f"nm: N:M needs N < M, got {self.nm[0]}:{self.nm[1]}")
+        if self.method == "magnitude" and (self.importance != "l1" or self.scope != "layer" or self.nm
+                                           or self.threshold is not None or self.schedule not in ("oneshot", "iterative")):
+            raise ValueError("method: magnitude is per-layer |w| with a oneshot or iterative schedule; "
+                             "use method: unstructured for other importance, scope, N:M or threshold settings")
+        if self.scope == "global" and self.overrides:
+            raise ValueError("overrides: per-layer overrides need scope: layer")
+        if self.schedule != "oneshot" and self.steps > 1 and self.retrain is None and self.method == "unstructured":
+            raise ValueError("retrain: a multi-step schedule needs retrain settings between steps")
+        return self
+
+
+class QuantizeStage(StageBase):
+    """Quantization (``deepshrink.quantize``): PTQ schemes, or QAT trained with ``train`` then frozen."""
+
+    kind: Literal["quantize"] = "quantize"
+    scheme: Literal["int8_static", "int8_dynamic", "int", "static", "qat", "kmeans", "pow2", "fixed_point",
+                    "binary", "ternary"] = "int8_static"
+    bits: Bits = 8
+    act_bits: Annotated[int, Field(ge=2, le=8)] | None = None
+    granularity: Literal["per_tensor", "per_channel", "per_group"] = "per_channel"
+    group_size: Annotated[int, Field(ge=1)] = 128
+    observer: Literal["minmax", "moving_average", "percentile", "mse", "entropy"] = "minmax"
+    lsq: bool = False
+    overrides: dict[Pattern, Bits] = Field(default_factory=dict)
+    skip: list[Pattern] = Field(default_factory=list)
+    calibration: Annotated[int, Field(ge=1)] = 512
+    train: TrainSpec | None = None
+
+    @field_validator("overrides")
+    @classmethod
+    def _override_patterns(cls, v: dict[str, int]) -> dict[str, int]:
+        for p in v:
+            check_pattern(p)
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> QuantizeStage:
+        if self.scheme in ("qat", "static", "pow2", "fixed_point") and self.bits < 2:
+            raise ValueError(f"bits: scheme {self.scheme} needs at least 2 bits, got {self.bits}")
+        if self.scheme in ("int8_static", "int8_dynamic") and self.bits != 8:
+            raise ValueError(f"bits: scheme {self.scheme} is 8-bit; use scheme int or static for {self.bits}")
+        if self.train is not None and self.scheme != "qat":
+            raise ValueError("train: only scheme qat trains; add a finetune stage instead")
+        return self
+
+
+class ClusterStage(StageBase):
+    """k-means weight sharing (Deep Compression): 2^bits shared values per layer, zeros stay zero,
+    then centroid fine-tuning with ``finetune`` (gradients summed per cluster)."""
+
+    kind: Literal["cluster"] = "cluster"
+    bits: Bits = 5
+    overrides: dict[Pattern, Bits] = Field(default_factory=dict)
+    init: Literal["linear", "density", "random"] = "linear"
+    finetune: TrainSpec | None = None
+
+    @field_validator("overrides")
+    @classmethod
+    def _override_patterns(cls, v: dict[str, int]) -> dict[str, int]:
+        for p in v:
+            check_pattern(p)
+        return v
+
+
+class FactorizeStage(StageBase):
+    """Low-rank factorization of the selected Linear/Conv2d layers; exactly one of rank/energy/compression."""
+
+    kind: Literal["factorize"] = "factorize"
+    method: Literal["svd", "tucker2"] = "svd"
+    rank: Annotated[int, Field(ge=1)] | None = None
+    energy: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    compression: Annotated[float, Field(ge=1.0, allow_inf_nan=False)] | None = None
+    finetune: TrainSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> FactorizeStage:
+        if sum(v is not None for v in (self.rank, self.energy, self.compression)) != 1:
+            raise ValueError("rank: give exactly one of rank, energy or compression")
+        return self
+
+
+class DistillStage(StageBase):
+    """Knowledge distillation (Hinton et al. 2015): a new ``student`` (zoo name + args) learns from the
+    current model as the teacher; the student replaces the model."""
+
+    kind: Literal["distill"] = "distill"
+    student: str
+    student_args: dict[str, Any] = Field(default_factory=dict)
+    temperature: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 4.0
+    alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.9
+    train: TrainSpec = Field(default_factory=TrainSpec)
+
+
+class FinetuneStage(TrainSpec):
+    """Plain training with cross-entropy (masks and shared weights stay in effect). Finetune stages at the
+    start of a recipe train the baseline; they are skipped when trained weights are given."""
+
+    name: str | None = None
+    kind: Literal["finetune"] = "finetune"
+
+
+class EncodeStage(StageBase):
+    """How the artifact stores tensors from here on: Huffman/packed streams, relative-index widths,
+    fp16 biases (rounded in memory first, so the reloaded model is exact)."""
+
+    kind: Literal["encode"] = "encode"
+    coding: Literal["auto", "packed", "huffman"] = "auto"
+    index_bits: IndexBits | None = None
+    index_bits_overrides: dict[Pattern, IndexBits] = Field(default_factory=dict)
+    sparse: bool = True
+    small_dtype: Literal["float32", "float16"] = "float32"
+    value_dtype: Literal["float32", "float16"] = "float32"
+
+    @field_validator("index_bits_overrides")
+    @classmethod
+    def _override_patterns(cls, v: dict[str, int]) -> dict[str, int]:
+        for p in v:
+            check_pattern(p)
+        return v
+
+
+class ExportStage(StageBase):
+    """Write the current model in a deployment format next to the stage artifacts."""
+
+    kind: Literal["export"] = "export"
+    format: Literal["onnx", "torchscript", "safetensors", "deepshrink"] = "onnx"
+    file: str | None = None
+
+
+Stage = Annotated[Union[PruneStage, QuantizeStage, ClusterStage, FactorizeStage, DistillStage, FinetuneStage,
+                        EncodeStage, ExportStage], Field(discriminator="kind")]
+
+
+class Recipe(_Frozen):
+    """A named, ordered list of stages plus defaults for the model, dataset and seed."""
+
+    name: str = "recipe"
+    description: str = ""
+    reference: str = ""
+    model: str | None = None
+    model_args: dict[str, Any] = Field(default_factory=dict)
+    dataset: str | None = None
+    seed: int = 0
+    latency: bool = False
+    stages: list[Stage] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Recipe:
+        seen: set[str] = set()
+        for i, name in enumerate(stage_names(self)):
+            if name in seen:
+                raise ValueError(f"stages: stage {i} repeats the name {name!r}")
+            seen.add(name)
+        return self
+
+
+def stage_names(recipe: Recipe) -> list[str]:
+    """Each stage's name: its ``name`` or ``<kind>`` (``<kind>-<n>`` when a kind repeats)."""
+    counts: dict[str, int] = {}
+    for s in recipe.stages:
+        counts[s.kind] = counts.get(s.kind, 0) + 1
+    seen: dict[str, int] = {}
+    out = []
+    for s in recipe.stages:
+        seen[s.kind] = seen.get(s.kind, 0) + 1
+        out.append(s.name or (s.kind if counts[s.kind] == 1 else f"{s.kind}-{seen[s.kind]}"))
+    return out
+
+
+def baseline_stage_count(recipe: Recipe) -> int:
+    """How many leading finetune stages train the baseline."""
+    n = 0
+    for s in recipe.stages:
+        if s.kind != "finetune":
+            break
+        n += 1
+    return n

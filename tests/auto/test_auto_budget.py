@@ -1,0 +1,102 @@
+"""`auto_compress` on a tiny model: it meets (or honestly reports) its budget, within its time, resumably."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from deepshrink.artifact import load
+from deepshrink.auto import AutoConfig, auto_compress, split_train
+from deepshrink.core.errors import ConfigError, DataError
+from deepshrink.measure.accuracy import evaluate
+from deepshrink.models import create
+from deepshrink.train import TrainConfig, Trainer
+
+FAST = {"retrain": TrainConfig(epochs=2, optimizer="adam", lr=3e-3),
+        "finetune": TrainConfig(epochs=1, optimizer="adam", lr=1e-3),
+        "keeps": (1.0, 0.3, 0.1, 0.03), "bits": (6, 4, 2)}
+
+
+def _blobs(n: int, seed: int) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(4, 20, generator=torch.Generator().manual_seed(0)) * 2.5
+    y = torch.randint(0, 4, (n,), generator=g)
+    return TensorDataset(centers[y] + torch.randn(n, 20, generator=g), y)
+
+
+@pytest.fixture(scope="module")
+def setup() -> dict:
+    torch.manual_seed(0)
+    fit, val = split_train(_blobs(600, 1), 0.25, seed=0)
+    test = _blobs(300, 2)
+    model = create("mlp", in_features=20, hidden=(64,), num_classes=4)
+    Trainer(model, TrainConfig(epochs=10, optimizer="adam", lr=3e-3), progress=False).fit(fit)
+    return {"model": model.eval(), "fit": fit, "val": val, "test": test, "x": test.tensors[0][:1]}
+
+
+def _run(setup: dict, out, **cfg) -> dict:
+    config = AutoConfig(**{**FAST, **cfg})
+    res = auto_compress(setup["model"], train=setup["fit"], val=setup["val"], test=setup["test"],
+                        example_inputs=setup["x"], config=config, out_dir=out, model_name="mlp", dataset="blobs")
+    return {"res": res, "cfg": config}
+
+
+@pytest.mark.slow
+def test_accuracy_budget_is_respected_and_artifact_is_real(setup: dict, tmp_path) -> None:
+    run = _run(setup, tmp_path, max_drop_pt=2.0, time_budget_s=60)
+    rep, res = run["res"].report, run["res"]
+    trials = rep["trials"]
+    assert trials and any(t["phase"] == "prune" for t in trials) and trials[-1]["phase"] == "bits"
+    # the budget verdict agrees with the validation numbers it is based on
+    val_base = evaluate(setup["model"], setup["val"]).accuracy
+    final_val = evaluate(load(res.artifact), setup["val"]).accuracy
+    assert rep["val_drop_pt"] == pytest.approx(100 * (val_base - final_val), abs=1e-6)
+    assert rep["budget_met"] == (rep["val_drop_pt"] <= run["cfg"].drop_limit + 1e-9)
+    assert rep["budget_met"], rep["val_drop_pt"]  # 4 well-separated blobs: 2 points is easy to keep
+    # it did compress: smaller than the dense fp32 file, and the size is the real file's
+    assert rep["artifact_bytes"] == res.artifact.stat().st_size < rep["baseline"]["artifact_bytes"] / 4
+    assert rep["stages"][-1]["accuracy"] == evaluate(load(res.artifact), setup["test"]).accuracy
+    # every step started inside the time budget
+    assert all(t["elapsed_s"] <= 60 for t in trials)
+    html = res.paths["html"].read_text()
+    assert 'id="trials"' in html and 'id="fig-pareto"' in html
+    assert sum(t["pareto"] for t in trials) >= 1
+    assert (tmp_path / "sensitivity" / "sensitivity.json").exists()
+    assert not list(tmp_path.glob("candidate*.dsk"))
+
+
+@pytest.mark.slow
+def test_target_bytes(setup: dict, tmp_path) -> None:
+    run = _run(setup, tmp_path, target_bytes=2500, time_budget_s=60)
+    rep = run["res"].report
+    assert rep["budget_checks"]["bytes"] == (rep["artifact_bytes"] <= 2500)
+    assert rep["artifact_bytes"] <= 2500, rep["artifact_bytes"]
+
+
+@pytest.mark.slow
+def test_tiny_time_budget_still_finishes(setup: dict, tmp_path) -> None:
+    run = _run(setup, tmp_path, max_drop_pt=50.0, time_budget_s=2)
+    rep = run["res"].report
+    assert not any(t["phase"] == "prune" for t in rep["trials"])  # no time for a pruning step
+    assert rep["seconds"] < 60 and (tmp_path / "model.dsk").exists()
+
+
+def test_resume_refuses_other_settings(setup: dict, tmp_path) -> None:
+    (tmp_path / "auto_state.json").write_text(json.dumps({"fingerprint": "0" * 16, "phase": "prune"}))
+    with pytest.raises(ConfigError, match="other settings"):
+        _run(setup, tmp_path, max_drop_pt=1.0, time_budget_s=5)
+
+
+def test_split_train_is_fixed_and_disjoint() -> None:
+    data = _blobs(100, 3)
+    fit, val = split_train(data, 0.2, seed=5)
+    fit2, val2 = split_train(data, 0.2, seed=5)
+    assert len(val) == 20 and len(fit) == 80 and val.indices == val2.indices
+    assert not set(fit.indices) & set(val.indices)
+    with pytest.raises(ConfigError):
+        split_train(data, 1.0)
+    with pytest.raises(DataError):
+        split_train(_blobs(1, 0), 0.5)

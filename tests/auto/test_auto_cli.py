@@ -1,0 +1,66 @@
+"""`deepshrink sensitivity` and `deepshrink auto` through the real entry point: outputs, JSON, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from deepshrink.artifact import StoragePolicy, save
+from deepshrink.cli import main
+from deepshrink.models import create
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> str:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "lenet300.dsk"
+    save(create("lenet300"), path, StoragePolicy(sparse=False, coding="packed"))
+    return str(path)
+
+
+def test_sensitivity_cli_writes_data_and_plot(weights: str, tmp_path, capsys) -> None:
+    code = main(["sensitivity", "--model", "lenet300", "--weights", weights, "--out", str(tmp_path),
+                 "--keeps", "1,0.1", "--bits", "4", "--json"])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data["layers"]) == {"fc1", "fc2", "fc3"}
+    assert data["layers"]["fc1"]["keeps"] == [1.0, 0.1]
+    assert (tmp_path / "sensitivity.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_auto_cli_end_to_end(weights: str, tmp_path) -> None:
+    out = tmp_path / "auto"
+    proc = subprocess.run([sys.executable, "-m", "deepshrink", "auto", "--model", "lenet300", "--weights", weights,
+                           "--out", str(out), "--max-drop", "50", "--time-budget", "20", "--retrain-epochs", "1",
+                           "--finetune-epochs", "1", "--json"],
+                          capture_output=True, text=True, env={**__import__("os").environ,
+                                                               "DEEPSHRINK_PROGRESS": "0"}, timeout=300)
+    assert proc.returncode in (0, 1), proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["recipe"] == "auto" and (proc.returncode == 0) == report["budget_met"]
+    assert (out / "model.dsk").stat().st_size == report["artifact_bytes"]
+    assert (out / "report.html").exists() and (out / "auto_state.json").exists()
+    assert "histograms" not in report["baseline"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["auto", "--model", "nosuchmodel"], "unknown model"),
+    (["auto", "--model", "lenet300", "--max-drop", "-1"], "0..100"),
+    (["auto", "--model", "lenet300", "--target-bytes", "lots"], "--target-bytes"),
+    (["auto", "--model", "lenet300", "--time-budget", "0"], "time budget"),
+    (["auto", "--model", "lenet300", "--val-fraction", "1.5", "--weights", "{w}"], "validation fraction"),
+    (["auto", "--model", "lenet300", "--weights", "/nonexistent.dsk"], "does not exist"),
+    (["sensitivity", "--model", "lenet300", "--keeps", "a,b", "--weights", "{w}"], "--keeps"),
+    (["sensitivity", "--model", "lenet300", "--bits", "0", "--weights", "{w}"], "bit width"),
+    (["sensitivity", "--model", "lenet300", "--layers", "fc9", "--keeps", "1", "--weights", "{w}"], "'fc9'"),
+])
+def test_bad_input_is_one_line_and_nonzero(argv: list[str], message: str, weights: str, tmp_path, capsys) -> None:
+    argv = [a.replace("{w}", weights) for a in argv] + ["--out", str(tmp_path / "o")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err
