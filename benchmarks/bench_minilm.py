@@ -57,7 +57,8 @@ class OrtEncoder:
     """``(input_ids, attention_mask) -> embeddings`` through an ONNX Runtime session."""
 
     def __init__(self, path: Path, threads: int) -> None:
-        self.session = ort_session(path, threads)
+        # No spinning: a busy-waiting ORT pool would steal the cores from the next interleaved candidate.
+        self.session = ort_session(path, threads, spin=False)
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(run_onnx(self.session, (ids, mask))[0])

@@ -128,20 +128,21 @@ def latency_rows(label: str, model: torch.nn.Module, example: torch.Tensor, cali
     from deepshrink.quantize.backends.onnxruntime import profile_nodes, to_onnxruntime
 
     static = to_int8(model, calib)
-    ort_fp32, _ = to_onnxruntime(model, calib, mode="float", threads=threads)
-    ort_int8 = to_int8(model, calib, backend="onnxruntime", threads=threads)
+    # No spinning: an ORT pool that spins after its call would steal the cores from the next candidate.
+    ort_fp32, _ = to_onnxruntime(model, calib, mode="float", threads=threads, spin=False)
+    ort_int8 = to_int8(model, calib, backend="onnxruntime", threads=threads, spin=False)
     cands: dict[str, object] = {"PyTorch fp32": model, f"PyTorch int8 static ({static.method}, x86)": static.model,
                                 f"PyTorch int8 static ({static.method}, onednn)": _Engine(
                                     to_int8(model, calib, engine="onednn").model, "onednn"),
                                 "ORT fp32": ort_fp32, "ORT int8 static QDQ": ort_int8.model}
     if ort_int8.fallbacks:
         cands["ORT int8 static QDQ, every layer int8"] = to_int8(model, calib, backend="onnxruntime", threads=threads,
-                                                                 float_layers=()).model
+                                                                 float_layers=(), spin=False).model
     if label != "lenet5":
         cands["PyTorch int8 dynamic"] = to_int8(model, mode="dynamic").model
         cands["ORT int8 dynamic"] = to_int8(model, calib, backend="onnxruntime", mode="dynamic",
-                                            threads=threads).model
-    res = compare_latency(cands, example, rounds=rounds, warmup=max(5, rounds // 10), threads=threads)
+                                            threads=threads, spin=False).model
+    res = compare_latency(cands, example, rounds=rounds, warmup=max(5, rounds // 10), threads=threads, block=5)
     torch_base, ort_base = res["PyTorch fp32"].median_ms, res["ORT fp32"].median_ms
     rows = []
     for k, v in res.items():
@@ -210,7 +211,7 @@ def latency_part(models: dict[str, tuple[torch.nn.Module, object]], threads: int
         log.append(f"latency {name}: {time.perf_counter() - start:.0f} s")
     return ["### Latency at batch 64, " + f"{threads} threads (median ms; all candidates interleaved round-robin in "
             f"one run, {rounds} rounds)", "",
-            "`ORT` = ONNX Runtime (CPU EP, intra_op_num_threads = threads, default spinning). `ORT int8 static "
+            "`ORT` = ONNX Runtime (CPU EP, intra_op_num_threads = threads, spinning off; each round times 5 consecutive calls per candidate after one settling call). `ORT int8 static "
             "QDQ`: `backend=\"onnxruntime\"` defaults (min-max calibration on 512 training images, per-channel "
             "7-bit weights on a CPU without VNNI, convolutions with K < 32 kept fp32). Accuracy: mnist5k test set.",
             "", markdown_table(["model", "variant", "median ms", "p10-p90", "vs PyTorch fp32", "vs ORT fp32",

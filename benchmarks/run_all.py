@@ -12,8 +12,17 @@ BENCHMARKS: list[list[str]] = [
     ["bench_deep_compression.py", "--recipes", "default", "--result-name", "deep_compression_default"],
     ["bench_deep_compression.py", "--recipes", "paper", "--result-name", "deep_compression_paper"],
     ["bench_quantization.py"],
-    ["bench_pruning.py"],
+    ["bench_pruning.py", "--parts", "unstructured", "--seeds", "3", "--epochs", "20", "--retrain-epochs", "5",
+     "--name", "pruning_unstructured"],
+    ["bench_pruning.py", "--parts", "structured", "--seeds", "3", "--name", "pruning_structured"],
+    ["bench_pruning.py", "--parts", "ablation", "--models", "resnet8,mobilenetv2", "--seeds", "2",
+     "--name", "pruning_ablation"],
     ["bench_factorize.py"],
+    ["bench_distillation.py"],
+    ["bench_recipes.py", "--share-baselines"],
+    ["bench_auto.py", "--models", "lenet300", "--with-dc", "--result-name", "auto_lenet300"],
+    ["bench_auto.py", "--models", "lenet5", "--with-dc", "--result-name", "auto_lenet5"],
+    ["bench_minilm.py"],
 ]
 
 

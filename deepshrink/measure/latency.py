@@ -84,11 +84,15 @@ def compare_latency(
     rounds: int = 30,
     warmup: int = 5,
     threads: int | None = None,
+    block: int = 1,
 ) -> dict[str, LatencyResult]:
     """Time several candidates interleaved round-robin so they share the same thermal and noise conditions.
 
-    Each round calls every candidate once; the starting candidate rotates each round so none
-    always runs first (e.g. straight after another one's cache misses).
+    Each round calls every candidate ``block`` times in a row; the starting candidate rotates each
+    round so none always runs first (e.g. straight after another one's cache misses). With
+    ``block > 1`` one untimed call settles each block: runtimes with their own thread pools
+    (ONNX Runtime, OpenMP) keep spinning for a while after a call and would otherwise slow the
+    next candidate's first call.
     """
     if not candidates:
         raise ConfigError("compare_latency needs at least one candidate")
@@ -97,6 +101,7 @@ def compare_latency(
             raise ModelError(f"candidate {name!r} is not callable ({type(fn).__name__})")
     _check_count("warmup", warmup, 0)
     _check_count("rounds", rounds, 1)
+    _check_count("block", block, 1)
     names = list(candidates)
     times: dict[str, list[float]] = {name: [] for name in names}
     batch = batch_size_of(example_inputs)
@@ -111,5 +116,8 @@ def compare_latency(
         for r in range(rounds):
             shift = r % len(names)
             for name in names[shift:] + names[:shift]:
-                times[name].append(_timed_call(name, candidates[name], example_inputs))
+                if block > 1:
+                    _timed_call(name, candidates[name], example_inputs)
+                for _ in range(block):
+                    times[name].append(_timed_call(name, candidates[name], example_inputs))
     return {name: _summarise(times[name], used_threads, batch) for name in names}

@@ -79,3 +79,24 @@ def test_failing_callable_is_model_error_and_threads_restored() -> None:
         measure_latency(boom, torch.zeros(1), threads=1)
     assert "\n" not in str(info.value)
     assert torch.get_num_threads() == before
+
+
+def test_compare_latency_blocks_time_consecutive_calls_after_one_settling_call() -> None:
+    calls: list[str] = []
+
+    def make(name: str):
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            calls.append(name)
+            return x
+
+        return fn
+
+    res = compare_latency({"a": make("a"), "b": make("b")}, torch.zeros(2), rounds=2, warmup=0, block=3)
+    assert res["a"].repeats == 6 and res["b"].repeats == 6
+    # each round: 1 settling + 3 timed calls per candidate, candidates never interleaved inside a block
+    assert calls == ["a"] * 4 + ["b"] * 4 + ["b"] * 4 + ["a"] * 4
+
+
+def test_compare_latency_rejects_a_zero_block() -> None:
+    with pytest.raises(ConfigError, match="block"):
+        compare_latency({"a": lambda x: x}, torch.zeros(2), rounds=1, block=0)
