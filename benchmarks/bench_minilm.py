@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--distill-steps", type=int, default=None)
-    ap.add_argument("--configs", default=None, help="comma-separated deepshrink configurations (default: all)")
+    ap.add_argument("--configs", default=None, help="semicolon-separated deepshrink configurations (names contain commas; default: all)")
     ap.add_argument("--no-latency", action="store_true", help="accuracy and size columns only")
     ap.add_argument("--result-name", default=None)
     args = ap.parse_args(argv)
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     rounds = args.rounds or (3 if args.quick else 30)
     steps = args.distill_steps or (20 if args.quick else 400)
-    names = args.configs.split(",") if args.configs else (QUICK_CONFIGS if args.quick else list(DS_CONFIGS))
+    names = [n.strip() for n in args.configs.split(";")] if args.configs else (QUICK_CONFIGS if args.quick else list(DS_CONFIGS))
     unknown = [n for n in names if n not in DS_CONFIGS]
     if unknown:
         ap.error(f"unknown configurations {unknown}; choose from {list(DS_CONFIGS)}")
