@@ -209,19 +209,39 @@ class ClusterStage(StageBase):
 
 
 class FactorizeStage(StageBase):
-    """Low-rank factorization of the selected Linear/Conv2d layers; exactly one of rank/energy/compression."""
+    """Compact replacement of the selected layers. ``svd`` / ``tucker2``: low rank, exactly one of
+    rank/energy/compression; ``depthwise_separable``: Conv2d -> depthwise (``multiplier``) + pointwise,
+    initialised from the kernel; ``grouped_pointwise``: 1x1 Conv2d -> grouped 1x1 (``groups``) + channel
+    shuffle; ``hashed``: Linear -> HashedNets weights ``compression`` times fewer."""
 
     kind: Literal["factorize"] = "factorize"
-    method: Literal["svd", "tucker2"] = "svd"
+    method: Literal["svd", "tucker2", "depthwise_separable", "grouped_pointwise", "hashed"] = "svd"
     rank: Annotated[int, Field(ge=1)] | None = None
     energy: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     compression: Annotated[float, Field(ge=1.0, allow_inf_nan=False)] | None = None
+    multiplier: Annotated[int, Field(ge=1)] | None = None
+    groups: Annotated[int, Field(ge=2)] | None = None
     finetune: TrainSpec | None = None
 
     @model_validator(mode="after")
     def _one_rule(self) -> FactorizeStage:
-        if sum(v is not None for v in (self.rank, self.energy, self.compression)) != 1:
-            raise ValueError("rank: give exactly one of rank, energy or compression")
+        low_rank = (self.rank, self.energy, self.compression)
+        if self.method in ("svd", "tucker2"):
+            if sum(v is not None for v in low_rank) != 1:
+                raise ValueError("rank: give exactly one of rank, energy or compression")
+            for key in ("multiplier", "groups"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key}: not used by method {self.method}")
+            return self
+        wanted = {"depthwise_separable": "multiplier", "grouped_pointwise": "groups",
+                  "hashed": "compression"}[self.method]
+        given = {"rank": self.rank, "energy": self.energy, "compression": self.compression,
+                 "multiplier": self.multiplier, "groups": self.groups}
+        extra = [k for k, v in given.items() if v is not None and k != wanted]
+        if extra:
+            raise ValueError(f"{extra[0]}: not used by method {self.method} (it takes {wanted})")
+        if wanted != "multiplier" and given[wanted] is None:
+            raise ValueError(f"{wanted}: method {self.method} needs it")
         return self
 
 

@@ -201,12 +201,22 @@ def quantize(stage: S.QuantizeStage, state: RunState, name: str) -> None:
 
 
 def factorize(stage: S.FactorizeStage, state: RunState, name: str) -> None:
-    """Low-rank factorization of the selected layers (recorded so the artifact rebuilds it)."""
-    from deepshrink.factorize import FactorSpec
-    from deepshrink.factorize import factorize as run_factorize
+    """Compact replacement of the selected layers (recorded so the artifact rebuilds it)."""
+    from deepshrink import factorize as fz
 
-    spec = FactorSpec(method=stage.method, rank=stage.rank, energy=stage.energy, compression=stage.compression)
-    run_factorize(state.model, {layer: spec for layer in select(state.model, stage)})
+    layers = list(select(state.model, stage))
+    if stage.method in ("svd", "tucker2"):
+        spec = fz.FactorSpec(method=stage.method, rank=stage.rank, energy=stage.energy,
+                             compression=stage.compression)
+        fz.factorize(state.model, {layer: spec for layer in layers})
+    else:
+        for layer in layers:
+            if stage.method == "depthwise_separable":
+                fz.to_depthwise_separable(state.model, layer, multiplier=stage.multiplier or 1)
+            elif stage.method == "grouped_pointwise":
+                fz.to_grouped_pointwise(state.model, layer, groups=stage.groups)
+            else:
+                fz.hash_layer(state.model, layer, compression=stage.compression, seed=state.seed)
     if stage.finetune is not None:
         _fit(state, state.model, stage.finetune, f"{name} fine-tune", checkpoint=name)
 

@@ -180,3 +180,38 @@ def test_compress_api_with_datasets_and_eval_fn(tmp_path: Path, digits) -> None:
     with pytest.raises(deepshrink.core.errors.ConfigError, match="stage 1 \\(prune\\): sparsity"):
         deepshrink.compress(model, {"stages": [{"kind": "finetune"}, {"kind": "prune", "sparsity": 2}]},
                             train_data=digits)
+
+
+@pytest.mark.slow
+def test_compact_substitution_and_hashing_from_a_recipe_reload_exactly(tmp_path: Path, digits) -> None:
+    recipe, _ = parse_recipe("""name: compact
+model: cnn
+model_args: {widths: [8, 16], hidden: 32, image_size: 8}
+dataset: digits
+stages:
+  - kind: finetune
+    epochs: 2
+    optimizer: adam
+    lr: 0.01
+  - kind: factorize
+    method: depthwise_separable
+    layers: [conv2]
+  - kind: factorize
+    method: hashed
+    layers: [fc1]
+    compression: 4
+    finetune: {epochs: 1, optimizer: adam, lr: 0.003}
+""", "compact.yaml")
+    result = run_recipe(recipe, data=digits, out=tmp_path / "run")
+    rep = result.report
+    conv2 = 8 * 16 * 25 + 16
+    dwsep = 8 * 25 + 8 * 16 + 16  # depthwise (multiplier 1, no bias) + pointwise with the bias
+    assert rep["stages"][0]["params"] == rep["baseline"]["params"] - conv2 + dwsep
+    fc1 = 16 * 2 * 2 * 32
+    assert rep["stages"][1]["params"] == rep["stages"][0]["params"] - fc1 + fc1 // 4
+    assert rep["stages"][1]["accuracy"] > 0.5
+    reloaded = deepshrink.load(rep["stages"][1]["artifact"])
+    x = digits.test.tensors[0][:16]
+    model = result.model.eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded.eval()(x), model(x))
