@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--distill-steps", type=int, default=None)
     ap.add_argument("--configs", default=None, help="semicolon-separated deepshrink configurations (names contain commas; default: all)")
     ap.add_argument("--no-latency", action="store_true", help="accuracy and size columns only")
+    ap.add_argument("--torchao", choices=["both", "weight-only", "none"], default="both",
+                    help="torchao peers (its eager dynamic-activation path takes ~10 s per batch on 2 cores)")
     ap.add_argument("--result-name", default=None)
     args = ap.parse_args(argv)
     torch.manual_seed(0)
@@ -182,7 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, quantize_
 
-        for label, cfg in (("weight-only", Int8WeightOnlyConfig()), ("dynamic act", Int8DynamicActivationInt8WeightConfig())):
+        ao = (("weight-only", Int8WeightOnlyConfig()), ("dynamic act", Int8DynamicActivationInt8WeightConfig()))
+        for label, cfg in ao[:{"both": 2, "weight-only": 1, "none": 0}[args.torchao]]:
             m = copy.deepcopy(fp32)
             quantize_(m, cfg)
             cands.append(Candidate(f"torchao int8 {label}", m, _est_int8_bytes(fp32), "bytes estimated (eager)"))

@@ -6,6 +6,7 @@ import os
 import platform
 import statistics
 import subprocess
+import shlex
 import sys
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def git_rev() -> str:
 
 
 def command() -> str:
-    return " ".join([Path(sys.executable).name, *sys.argv])
+    return shlex.join([Path(sys.executable).name, *sys.argv])  # quoted: copy-paste runs it again
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
