@@ -53,13 +53,7 @@ def python_doc_sentences(n: int | None = None, *, seed: int | None = 0, min_char
                 if sentence not in seen and _is_prose(sentence, min_chars, max_chars):
                     seen.add(sentence)
                     out.append(sentence)
-    if seed is not None:
-        random.Random(seed).shuffle(out)
-    if n is not None:
-        if n > len(out):
-            raise DataError(f"Python's documentation topics hold {len(out)} usable sentences, {n} asked")
-        out = out[:n]
-    return out
+    return _shuffle_and_take(out, seed, n, "Python's documentation topics")
 
 
 STDLIB_MODULES = ("abc", "argparse", "asyncio", "bisect", "calendar", "collections", "concurrent.futures",
@@ -105,10 +99,15 @@ def stdlib_docstring_sentences(n: int | None = None, *, seed: int | None = 0, mi
                     if sentence not in seen and sentence not in skip and _is_prose(sentence, min_chars, max_chars):
                         seen.add(sentence)
                         out.append(sentence)
+    return _shuffle_and_take(out, seed, n, "standard-library docstrings")
+
+
+def _shuffle_and_take(out: list[str], seed: int | None, n: int | None, source: str) -> list[str]:
+    """Shuffle with ``seed`` (when given) and keep the first ``n`` sentences (all when None)."""
     if seed is not None:
         random.Random(seed).shuffle(out)
     if n is not None:
         if n > len(out):
-            raise DataError(f"standard-library docstrings hold {len(out)} usable sentences, {n} asked")
+            raise DataError(f"{source} hold {len(out)} usable sentences, {n} asked")
         out = out[:n]
     return out
