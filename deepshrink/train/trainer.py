@@ -161,21 +161,25 @@ class Trainer:
             for x, y in batches:
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 loss = self.loss_fn(net, x, y)
+                pending = None
                 if ctx is not None:  # every rank sees the global loss, so all stop together on divergence
-                    summed = distributed.all_reduce_sum(
+                    # started before backward so it overlaps with it; collectives run in issue order on every rank
+                    pending = distributed.all_reduce_sum_async(
                         torch.stack([loss.detach().double() * len(y), torch.tensor(float(len(y)),
                                      dtype=torch.float64, device=loss.device)]), ctx)
-                    step_total, step_count = float(summed[0]), float(summed[1])
-                    step_loss = step_total / max(1.0, step_count)
                 else:
                     step_loss = float(loss.detach())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if pending is not None:
+                    summed = pending()
+                    step_total, step_count = float(summed[0]), float(summed[1])
+                    step_loss = step_total / max(1.0, step_count)
                 if not math.isfinite(step_loss):
                     raise DeepShrinkError(
                         f"{self.description}: loss became {step_loss} at epoch {epoch + 1}, step {steps}; "
                         "training diverged (lower the learning rate)"
                     )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
                 if cfg.grad_clip:
                     norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
                     if not torch.isfinite(norm):  # name the layer before clipping spreads NaN everywhere
@@ -227,7 +231,7 @@ class Trainer:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(self.model, device_ids=ids)
+        return DistributedDataParallel(self.model, device_ids=ids, gradient_as_bucket_view=True)
 
     def _save_checkpoint(self, epoch: int, steps: int, opt, sched, history: list[float],
                          ctx: DistContext | None = None) -> None:
