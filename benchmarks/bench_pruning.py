@@ -27,6 +27,7 @@ from common import command, git_rev, machine, mean_std, write_result  # noqa: E4
 from deepshrink.data import load as load_data  # noqa: E402
 from deepshrink.measure import compare_latency, count_macs, count_params, evaluate  # noqa: E402
 from deepshrink.models import create  # noqa: E402
+from deepshrink.pipelines.recipes import BASELINE_TRAIN, recipe  # noqa: E402
 from deepshrink.prune import remove_masks, unstructured  # noqa: E402
 from deepshrink.prune.structured import structured_with_report  # noqa: E402
 from deepshrink.report.tables import markdown_table  # noqa: E402
@@ -51,21 +52,30 @@ def _fit(model: nn.Module, data, cfg: TrainConfig) -> None:
     Trainer(model, cfg, progress=False, device="cpu").fit(data.train)
 
 
+def baseline_config(arch: str, epochs: int, baseline: str, seed: int) -> TrainConfig:
+    """``adam``: Adam 1e-3 for ``epochs``; ``recipe``: the Deep Compression benchmark's baseline settings."""
+    if baseline == "recipe":
+        return BASELINE_TRAIN[arch].replace(seed=seed)
+    return TrainConfig(epochs=epochs, optimizer="adam", lr=1e-3, batch_size=64, seed=seed)
+
+
 def unstructured_runs(data, models: list[str], seeds: list[int], epochs: int, retrain_epochs: int,
-                      steps: int) -> list[dict[str, Any]]:
+                      steps: int, baseline: str = "adam") -> list[dict[str, Any]]:
     """One record per (model, seed): baseline accuracy and, per criterion, [accuracy, compression]."""
     records = []
     for arch in models:
         for seed in seeds:
             torch.manual_seed(seed)
             base = create(arch)
-            _fit(base, data, TrainConfig(epochs=epochs, optimizer="adam", lr=1e-3, batch_size=64, seed=seed))
+            _fit(base, data, baseline_config(arch, epochs, baseline, seed))
             rec: dict[str, Any] = {"arch": arch, "seed": seed, "base": _acc(base, data)}
             _log(f"{arch} seed {seed} baseline {rec['base']:.2f}")
             calib = torch.utils.data.DataLoader(data.train, batch_size=128, shuffle=False)
             for cname, crit in CRITERIA.items():
                 model = copy.deepcopy(base)
-                retrain = TrainConfig(epochs=retrain_epochs, optimizer="adam", lr=1e-3, batch_size=64, seed=seed)
+                retrain = (recipe(arch).compression.retrain.replace(epochs=retrain_epochs, seed=seed)
+                           if baseline == "recipe" else
+                           TrainConfig(epochs=retrain_epochs, optimizer="adam", lr=1e-3, batch_size=64, seed=seed))
                 unstructured(model, 0.9, importance=crit, overrides=HAN[arch], schedule="iterative",
                              schedule_kwargs={"steps": steps}, train=retrain, data=data.train, calibration=calib)
                 remove_masks(model)
@@ -78,7 +88,7 @@ def unstructured_runs(data, models: list[str], seeds: list[int], epochs: int, re
 
 
 def unstructured_table(records: list[dict[str, Any]], epochs: int, retrain_epochs: int, steps: int,
-                       lines: list[str]) -> None:
+                       lines: list[str], baseline: str = "adam") -> None:
     rows, per_seed = [], []
     seeds = sorted({r["seed"] for r in records})
     for arch in dict.fromkeys(r["arch"] for r in records):
@@ -93,8 +103,14 @@ def unstructured_table(records: list[dict[str, Any]], epochs: int, retrain_epoch
         per_seed += [[arch, str(r["seed"]), f"{r['base']:.2f}", *(f"{r[c][0]:.2f}" for c in CRITERIA)]
                      for r in recs]
     lines += [f"### Unstructured 12x (Han 2015 per-layer ratios), seeds {', '.join(map(str, seeds))}", "",
-              f"Baseline {epochs} epochs Adam (lr 1e-3, cosine); iterative prune/retrain, {steps} steps x "
-              f"{retrain_epochs} epoch(s) Adam lr 1e-3 (Han's schedule: each step removes the same fraction "
+              (f"Baseline {epochs} epochs Adam (lr 1e-3, cosine)" if baseline == "adam" else
+               "Baseline trained with the Deep Compression benchmark's settings (LeNet-300-100: SGD 0.1 momentum "
+               "0.9, weight decay 5e-4, label smoothing 0.1, 40 epochs; LeNet-5: Adam 2e-3, label smoothing 0.1, "
+               "10 epochs; cosine)") + f"; iterative prune/retrain, {steps} steps x "
+              f"{retrain_epochs} epoch(s) " + ("Adam lr 1e-3" if baseline == "adam" else
+                                               "with the Deep Compression recipe's retraining settings (LeNet-300-100: "
+                                               "SGD 0.05, weight decay 5e-4, label smoothing 0.1; LeNet-5: Adam 1e-3, "
+                                               "label smoothing 0.1; cosine)") + " (Han's schedule: each step removes the same fraction "
               "of the survivors). Mean +- std over the seeds.", "",
               markdown_table(["model", "criterion", "baseline acc %", "pruned acc %", "delta (pt)",
                               "weights removed", ">= 12x, <= 0.3 pt"], rows), "",
@@ -160,7 +176,7 @@ def structured_part(data, models: list[str], seeds: list[int], epochs: int, ft_e
             if not cands:
                 cands, first_rep = these, rep
         torch.set_num_threads(2)
-        lat = compare_latency(cands, x64, rounds=rounds, warmup=5, threads=2)
+        lat = compare_latency(cands, x64, rounds=rounds, warmup=5, threads=2, block=5)
         torch.set_num_threads(train_threads)
         b_ms = lat["baseline"].median_ms
         b_acc = mean_std(accs["baseline"])[0]
@@ -192,7 +208,7 @@ def structured_part(data, models: list[str], seeds: list[int], epochs: int, ft_e
     unstructured(masked, 0.9)
     torch.set_num_threads(2)
     lat = compare_latency({"dense": dense, "90% zeros": sparse, "90% masks attached": masked}, x64,
-                          rounds=rounds, warmup=3, threads=2)
+                          rounds=rounds, warmup=3, threads=2, block=5)
     torch.set_num_threads(train_threads)
     d = lat["dense"].median_ms
     lines += ["### Structured: 50% of channels, then fine-tuning; latency batch 64, 2 threads", "",
@@ -200,7 +216,7 @@ def structured_part(data, models: list[str], seeds: list[int], epochs: int, ft_e
               f"of fine-tuning (Adam lr {FT_LR:g}, cosine). deepshrink runs with its defaults; Torch-Pruning with "
               "MetaPruner + MagnitudeImportance(p=2) (its defaults), the classifier ignored. Accuracy: mean "
               f"over seeds {', '.join(map(str, seeds))}; latency of the seed-{seeds[0]} models, medians measured "
-              f"**interleaved round-robin in one run** ({rounds} rounds), so only ratios within this table "
+              f"**interleaved round-robin in one run** ({rounds} rounds of 5 consecutive calls per model), so only ratios within this table "
               "compare." + ("" if have_tp else " Torch-Pruning is not installed: its rows are missing."), "",
               markdown_table(STRUCT_HEADER, rows), "",
               "Why is (or is not) a pruned model faster:", "", *diag,
@@ -295,7 +311,10 @@ def main() -> None:
     ap.add_argument("--models", default="", help="comma list (default: lenet300,lenet5 for unstructured; "
                                                   "cnn,resnet8,mobilenetv2 for structured)")
     ap.add_argument("--seeds", default="3", help="a count (3 = seeds 0,1,2) or a comma list")
-    ap.add_argument("--epochs", type=int, default=12, help="unstructured baseline epochs")
+    ap.add_argument("--epochs", type=int, default=12, help="unstructured baseline epochs (--baseline adam)")
+    ap.add_argument("--baseline", choices=("adam", "recipe"), default="adam",
+                    help="unstructured baseline training: Adam 1e-3 for --epochs, or the Deep Compression "
+                         "benchmark's settings (deepshrink.pipelines.recipes.BASELINE_TRAIN)")
     ap.add_argument("--retrain-epochs", type=int, default=1, help="unstructured retraining epochs per step")
     ap.add_argument("--steps", type=int, default=3, help="unstructured iterative prune/retrain steps")
     ap.add_argument("--struct-epochs", type=int, default=4)
@@ -333,11 +352,12 @@ def main() -> None:
         if args.merge:  # records of separate (e.g. one-seed) runs, written with --raw-out
             records = [r for f in args.merge.split(",") for r in json.loads(Path(f).read_text())]
         elif umodels:
-            records = unstructured_runs(data, umodels, seeds, args.epochs, args.retrain_epochs, args.steps)
+            records = unstructured_runs(data, umodels, seeds, args.epochs, args.retrain_epochs, args.steps,
+                                        args.baseline)
             if args.raw_out:
                 Path(args.raw_out).write_text(json.dumps(records))
         if args.merge or umodels:
-            unstructured_table(records, args.epochs, args.retrain_epochs, args.steps, lines)
+            unstructured_table(records, args.epochs, args.retrain_epochs, args.steps, lines, args.baseline)
             write_result(args.name, "\n".join(lines) + "\n")
     if "structured" in parts:
         smodels = [m for m in models if m in STRUCT_MODELS] if models else list(STRUCT_MODELS)

@@ -134,8 +134,12 @@ class _HookedImportance(Importance):
                 h.remove()
             model.train(was_training)
         for n, c in counts.items():
-            self.inp[n] = self.inp[n] / c
-            self.out[n] = self.out[n] / c
+            self.inp[n] = self._finish(self.inp[n] / c)
+            self.out[n] = self._finish(self.out[n] / c)
+
+    def _finish(self, mean: torch.Tensor) -> torch.Tensor:
+        """Turn the batch-averaged statistic into the score statistic (identity unless overridden)."""
+        return mean
 
     def _input_stat(self, name: str, module: nn.Module) -> torch.Tensor:
         if name not in self.inp:
@@ -165,13 +169,39 @@ def _reduce_except(t: torch.Tensor, dim: int) -> torch.Tensor:
     return t.transpose(0, dim).reshape(t.shape[dim], -1).float()
 
 
+ACTIVATION_STATS = ("std", "rms", "mean_abs")
+
+
 class ActivationImportance(_HookedImportance):
-    """Mean absolute activation over the calibration batches, per channel."""
+    """Activation size per channel over the calibration batches; ``stat`` picks which.
+
+    Removing weight ij changes output i by ``w_ij * x_j``. ``rms`` scores ``|w_ij| * sqrt(E[x_j^2])`` (Wanda's
+    ``|w| * ||X_j||_2``): the expected size of that change. ``std`` (the default) scores
+    ``|w_ij| * std(x_j)``: the constant part ``w_ij * E[x_j]`` is what a bias absorbs (retraining does it), so
+    only the varying part is lost; e.g. a pixel that is always background costs nothing. ``mean_abs`` is the
+    mean absolute activation.
+    """
 
     name = "activation"
 
+    def __init__(self, max_batches: int = 8, stat: str = "std") -> None:
+        if stat not in ACTIVATION_STATS:
+            raise ConfigError(f"importance 'activation': stat must be one of {', '.join(ACTIVATION_STATS)}, "
+                              f"got {stat!r}")
+        super().__init__(max_batches)
+        self.stat = stat
+
     def _stat(self, t: torch.Tensor, channel_dim: int) -> torch.Tensor:
-        return _reduce_except(t, channel_dim).abs().mean(1)
+        r = _reduce_except(t, channel_dim)
+        return torch.stack([r.abs().mean(1), r.mean(1), r.pow(2).mean(1)])
+
+    def _finish(self, mean: torch.Tensor) -> torch.Tensor:
+        mean_abs, first, second = mean
+        if self.stat == "mean_abs":
+            return mean_abs
+        if self.stat == "rms":
+            return second.sqrt()
+        return (second - first**2).clamp_min(0).sqrt()
 
 
 class APoZImportance(_HookedImportance):
@@ -184,13 +214,25 @@ class APoZImportance(_HookedImportance):
 
 
 class TaylorImportance(Importance):
-    """First-order Taylor |w x dL/dw| with the gradient accumulated over calibration batches."""
+    """First-order Taylor ``|w x dL/dw|`` averaged over many small gradient batches.
+
+    Each calibration batch is split into micro-batches of ``micro_batch`` samples, one gradient each. At a
+    trained minimum the gradient of a large batch is close to zero for every weight (noise averages out),
+    so ``|w x g|`` over a few big batches mostly ranks noise; over many small batches its mean grows with
+    the per-sample gradient spread (the Fisher information), which is what removing a weight costs.
+    ``max_batches`` calibration batches are used; ``micro_batch=None`` takes each batch whole.
+    """
 
     name = "taylor"
     needs_data = True
 
-    def __init__(self, max_batches: int = 8) -> None:
+    def __init__(self, max_batches: int = 8, micro_batch: int | None = 16) -> None:
+        if micro_batch is not None and (isinstance(micro_batch, bool) or not isinstance(micro_batch, int)
+                                        or micro_batch < 1):
+            raise ConfigError(f"importance 'taylor': micro_batch must be a positive integer or None, "
+                              f"got {micro_batch!r}")
         self.max_batches = max_batches
+        self.micro_batch = micro_batch
         self.acc: dict[str, torch.Tensor] = {}
 
     def prepare(self, model: nn.Module, layers: Mapping[str, nn.Module], data: Batches | None) -> None:
@@ -205,14 +247,15 @@ class TaylorImportance(Importance):
                 x, y = _inputs_of(batch)
                 if y is None:
                     raise ConfigError("importance 'taylor' needs labelled batches (inputs, labels)")
-                model.zero_grad(set_to_none=True)
-                out = model(x)
-                nn.functional.cross_entropy(out, y).backward()
-                for n, m in layers.items():
-                    w = _weight_param(m)
-                    if w.grad is not None:
-                        s = (module_weight(m).detach() * w.grad.detach()).abs()
-                        self.acc[n] = self.acc.get(n, 0) + s
+                step = self.micro_batch or len(x)
+                for i in range(0, len(x), step):
+                    model.zero_grad(set_to_none=True)
+                    nn.functional.cross_entropy(model(x[i:i + step]), y[i:i + step]).backward()
+                    for n, m in layers.items():
+                        w = _weight_param(m)
+                        if w.grad is not None:
+                            s = (module_weight(m).detach() * w.grad.detach()).abs()
+                            self.acc[n] = self.acc.get(n, 0) + s
         finally:
             model.zero_grad(set_to_none=True)
             model.train(was_training)
@@ -240,9 +283,9 @@ CRITERIA.add("l2", lambda **kw: MagnitudeImportance(p=2))
 CRITERIA.add("random", lambda seed=0, **kw: RandomImportance(seed))
 CRITERIA.add("threshold", lambda **kw: ThresholdImportance())
 CRITERIA.add("std", lambda **kw: StdImportance())
-CRITERIA.add("activation", lambda max_batches=8, **kw: ActivationImportance(max_batches))
+CRITERIA.add("activation", lambda max_batches=8, stat="std", **kw: ActivationImportance(max_batches, stat))
 CRITERIA.add("apoz", lambda max_batches=8, **kw: APoZImportance(max_batches))
-CRITERIA.add("taylor", lambda max_batches=8, **kw: TaylorImportance(max_batches))
+CRITERIA.add("taylor", lambda max_batches=8, micro_batch=16, **kw: TaylorImportance(max_batches, micro_batch))
 
 
 def get_importance(spec: str | Importance, **kwargs: Any) -> Importance:

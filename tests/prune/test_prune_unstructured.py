@@ -156,3 +156,28 @@ def test_sensitivity_scan_picks_per_layer_ratios() -> None:
     assert set(chosen) == {"layers.fc1", "layers.fc2", "layers.fc3"}
     rep = unstructured(model, 0.5, overrides={k: v for k, v in chosen.items() if v > 0} or None)
     assert rep.rows
+
+
+@pytest.mark.parametrize("stat", ["std", "rms", "mean_abs"])
+def test_activation_scores_match_hand_computed_statistic(stat: str) -> None:
+    """score_ij = |w_ij| * statistic of input j, computed here by hand over two calibration batches."""
+    from deepshrink.prune.importance import ActivationImportance
+
+    torch.manual_seed(0)
+    layer = nn.Linear(4, 3)
+    model = nn.Sequential(layer)
+    xs = [torch.randn(5, 4) + 1.0, torch.randn(5, 4) * 3]
+    xs[0][:, 2] = 0.7  # a constant input: zero spread
+    xs[1][:, 2] = 0.7
+    batches = [(x, torch.zeros(5, dtype=torch.long)) for x in xs]
+    crit = ActivationImportance(stat=stat)
+    crit.prepare(model, {"0": layer}, batches)
+    every = torch.cat(xs)  # equal batch sizes: the mean of batch means is the mean over all samples
+    expected_stat = {"std": every.std(0, unbiased=False), "rms": every.pow(2).mean(0).sqrt(),
+                     "mean_abs": every.abs().mean(0)}[stat]
+    expected = layer.weight.detach().abs() * expected_stat.view(1, -1)
+    assert torch.allclose(crit.scores("0", layer), expected, atol=1e-5)
+    if stat == "std":
+        assert torch.all(crit.scores("0", layer)[:, 2] < 1e-5)
+    with pytest.raises(ConfigError, match="stat must be one of"):
+        ActivationImportance(stat="max")
