@@ -49,9 +49,12 @@ LENET = TrainConfig(epochs=10, batch_size=64, optimizer="adam", lr=1e-3, schedul
 # lr 1e-3 rather than 1e-4: on a validation split (the last 500 training images, seed 1) both arms recovered
 # better (fine-tuning 95.8 -> 96.2%, distillation T=2 96.0 -> 96.2%); at 1e-4 distillation had not converged
 RECOVER = TrainConfig(epochs=3, batch_size=64, optimizer="adam", lr=1e-3, schedule="cosine")
-# (T, alpha) for recovery; the first is the recipe the bar is judged on (the student starts from the teacher's
-# function, so a moderate T with half the weight on the labels), the second Hinton-style soft-heavy for reference
-RECOVER_KD = ((2.0, 0.5), (4.0, 0.9))
+# (T, alpha) for recovery; the first is the setting the bar is judged on, chosen on a validation split
+# (train[:3500] / train[3500:], seeds 0-2, mean val acc %): fine-tuning 96.40; T=1 alpha 0.3 96.47, T=1 alpha 0.5
+# 96.47, T=1.5 alpha 0.5 96.13, T=2 alpha 0.5 96.07 (with conv1/conv2/fc1 feature MSE 96.27), T=4 alpha 0.5 +
+# features 96.13. The student starts from the teacher's own function, whose training-set outputs are nearly
+# one-hot: softening them (T > 1) only blurs the targets. The others are kept for reference.
+RECOVER_KD = ((1.0, 0.3), (2.0, 0.5), (4.0, 0.9))
 # Deep Compression's LeNet-5 (Han et al. 2015, Table 4): 66 / 12 / 8 / 19 % of weights kept -> 12x
 LENET_SPARSITY = {"conv1": 0.34, "conv2": 0.88, "fc1": 0.92, "fc2": 0.81}
 PAPER = {"teacher": 67, "student": 146, "distilled": 74}
@@ -204,7 +207,7 @@ def run_recovery(seeds: list[int], quick: bool) -> list[str]:
         "then 4-bit per-channel QAT weights (masks and fake quantizers are parametrizations and stay in force). "
         f"Recovery: {rec_cfg.epochs} epochs of Adam {rec_cfg.lr:g} cosine, batch {rec_cfg.batch_size}, both "
         "arms the same steps; distillation from the uncompressed model (cached teacher outputs) at "
-        f"T={t0:g}, alpha {a0:g} (the recipe; the bar is judged on it) and, for reference, at "
+        f"T={t0:g}, alpha {a0:g} (chosen on a validation split, see RECOVER_KD in the script; the bar is judged on it) and, for reference, at "
         + ", ".join(f"T={t:g}, alpha {a:g}" for t, a in RECOVER_KD[1:]) + ".", "",
         markdown_table(["model", "test accuracy % (mean +- std)", "per seed"], rows), "",
         f"{kept}. Distillation (T={t0:g}, alpha {a0:g}) - fine-tuning: {kd_m - ft_m:+.2f} pt. "
