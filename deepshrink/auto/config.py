@@ -30,6 +30,9 @@ class AutoConfig:
     sensitivity scan and final report included. ``margin`` is the share of the accuracy budget the
     search may use on validation data (the rest absorbs the noise of the test split);
     ``prune_share`` is the part of that the pruning phase may use before weight sharing.
+    ``explore`` adds moves that spend spare time on more validation decisions (single-layer pruning steps
+    when the walk stalls, bit probes below the scan's estimate): smaller results, but each extra decision
+    is another chance to keep a lucky draw of the validation noise.
     """
 
     max_drop_pt: float | None = None
@@ -46,6 +49,7 @@ class AutoConfig:
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=2, batch_size=64, optimizer="adam", lr=3e-4, schedule="cosine", label_smoothing=0.1))
     seed: int = 0
+    explore: bool = False
 
     def __post_init__(self) -> None:
         if self.max_drop_pt is None and self.target_bytes is None and self.target_latency_ms is None:
@@ -53,6 +57,8 @@ class AutoConfig:
         if self.max_drop_pt is not None and (isinstance(self.max_drop_pt, bool) or not isinstance(
                 self.max_drop_pt, (int, float)) or not 0 <= self.max_drop_pt <= 100):
             raise ConfigError(f"auto: max accuracy drop must be in 0..100 points, got {self.max_drop_pt!r}")
+        if not isinstance(self.explore, bool):
+            raise ConfigError(f"auto: explore must be True or False, got {self.explore!r}")
         _positive("target bytes", self.target_bytes, integer=True)
         _positive("target latency (ms)", self.target_latency_ms)
         _positive("time budget (s)", self.time_budget_s)

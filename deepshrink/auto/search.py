@@ -46,6 +46,7 @@ from deepshrink.train import Trainer
 STATE = "auto_state.json"
 ACCEPTED = "accepted.dsk"
 FINAL_POLICY = StoragePolicy(coding="auto", small_dtype="float16")
+SOLO_FACTOR = 0.7  # a single-layer step keeps this share of the layer's weights
 EPS = 1e-9  # accuracy drops are multiples of 1/n; do not let float rounding decide a tie
 
 
@@ -176,16 +177,22 @@ class _Search:
         limit = cfg.drop_limit * cfg.prune_share if cfg.drop_limit is not None else None
         while st.get("phase", "prune") == "prune":
             rejected = st.get("rejected_plan")
+            solo = None
             if rejected is not None:
-                plan = midpoint(accepted, rejected)
+                plan = {n: min(accepted[n], k) for n, k in midpoint(accepted, rejected).items()}
                 idx = st.get("accepted_index", -1)
                 if (st.get("bisections", 0) >= 4
                         or estimate_bytes(self.numels, plan, 4) > 0.93 * estimate_bytes(self.numels, accepted, 4)):
-                    # Stalled: retrain the accepted model longer (if time allows), then try the next step again.
-                    if st.get("rests", 0) >= 6 or not self._rest(current, accepted, limit):
-                        break
-                    current = self._accepted_model()
-                    continue
+                    # Stalled: first prune one layer alone (the biggest not yet tried), since a step of all
+                    # layers together may fail because of one of them; then retrain the accepted model longer
+                    # (if time allows) and try the joint step again.
+                    solo = self._solo_layer(accepted) if cfg.explore else None
+                    if solo is None:
+                        if st.get("rests", 0) >= 6 or not self._rest(current, accepted, limit):
+                            break
+                        current = self._accepted_model()
+                        continue
+                    plan = {**accepted, solo: round(max(min(cfg.keeps), SOLO_FACTOR * accepted[solo]), 5)}
             else:
                 idx = next_step(path, self.numels, st.get("accepted_index", -1), cfg.step_factor)
                 if idx >= len(path) or path[idx] == accepted:
@@ -212,7 +219,18 @@ class _Search:
             remove_masks(work)
             nbytes = self._preview_bytes(work)
             self._trial(phase="prune", plan=plan, bits=None, val_accuracy=acc, val_drop_pt=self.drop(acc),
-                        bytes=nbytes, bytes_kind="preview (4-bit sharing, not fine-tuned)", accepted=ok)
+                        bytes=nbytes, bytes_kind="preview (4-bit sharing, not fine-tuned)", accepted=ok,
+                        **({"note": f"{solo} alone"} if solo is not None else {}))
+            if solo is not None:
+                if ok:
+                    current, accepted = work, plan
+                    st["accepted_plan"] = plan
+                    st["bisections"], st["solo_failed"] = 0, []
+                    save(current, self.out / ACCEPTED, StoragePolicy(coding="packed"))
+                else:
+                    st["solo_failed"] = [*st.get("solo_failed", []), solo]
+                self._save_state()
+                continue
             if ok:
                 current, accepted = work, plan
                 st["accepted_plan"] = plan
@@ -231,6 +249,16 @@ class _Search:
         st["phase"] = "bits"
         self._save_state()
         return current
+
+    def _solo_layer(self, accepted: Plan) -> str | None:
+        """The layer with the most estimated bytes that can still be pruned and has not failed alone since
+        the last accepted step, or None."""
+        failed = set(self.state.get("solo_failed", []))
+        floor = min(self.cfg.keeps)
+        options = [n for n in self.layers if n not in failed and accepted[n] * SOLO_FACTOR >= floor]
+        if not options:
+            return None
+        return max(options, key=lambda n: estimate_bytes({n: self.numels[n]}, accepted, 4))
 
     def _accepted_model(self) -> nn.Module:
         """The last accepted pruned model from ``accepted.dsk`` (weights into a copy of the baseline)."""
@@ -261,45 +289,69 @@ class _Search:
                     accepted=ok, note="accepted model retrained longer")
         if ok:
             save(work, self.out / ACCEPTED, StoragePolicy(coding="packed"))
-        st["bisections"] = 0
+        st["bisections"], st["solo_failed"] = 0, []
         st.pop("rejected_plan", None)
         self._save_state()
         return True
 
     # -- phase 2: weight bits ------------------------------------------------------------------
+    def _bits_gain(self, name: str, bits: dict[str, int], bits_sens: SensitivityResult,
+                   keeps: dict[str, float]) -> tuple[float, float] | None:
+        """(points lost, bytes per point) of lowering ``name`` one step on the bits grid, or None at the bottom."""
+        grid = sorted(self.cfg.bits, reverse=True)
+        i = grid.index(bits[name])
+        if i + 1 >= len(grid):
+            return None
+        curve = bits_sens.layers[name]
+        lost = (curve.drop_at_bits(bits_sens.baseline, grid[i + 1])
+                - curve.drop_at_bits(bits_sens.baseline, bits[name])) * 100.0
+        saved = (estimate_bytes({name: self.numels[name]}, keeps, bits[name])
+                 - estimate_bytes({name: self.numels[name]}, keeps, grid[i + 1]))
+        return max(0.0, lost), saved / (max(lost, 0.0) + 0.02)
+
+    def _kept(self, pruned: nn.Module) -> dict[str, float]:
+        return {n: max(1e-6, 1.0 - _sparsity(m)) for n, m in weight_layers(pruned).items() if n in self.layers}
+
     def choose_bits(self, pruned: nn.Module, bits_sens: SensitivityResult, budget_pt: float,
                     target: float | None) -> tuple[dict[str, int], list[str]]:
         """Greedy: from the most bits, lower the layer that saves most bytes per point lost, within budget."""
         grid = sorted(self.cfg.bits, reverse=True)
-        keeps = {n: max(1e-6, 1.0 - _sparsity(m)) for n, m in weight_layers(pruned).items() if n in self.layers}
+        keeps = self._kept(pruned)
         bits = dict.fromkeys(self.layers, grid[0])
         spent, order = 0.0, []
         while True:
-            best, best_gain = None, 0.0
+            best, best_gain, best_lost = None, 0.0, 0.0
             for name in self.layers:
-                i = grid.index(bits[name])
-                if i + 1 >= len(grid):
+                step = self._bits_gain(name, bits, bits_sens, keeps)
+                if step is None:
                     continue
-                curve = bits_sens.layers[name]
-                lost = (curve.drop_at_bits(bits_sens.baseline, grid[i + 1])
-                        - curve.drop_at_bits(bits_sens.baseline, bits[name])) * 100.0
-                saved = (estimate_bytes({name: self.numels[name]}, keeps, bits[name])
-                         - estimate_bytes({name: self.numels[name]}, keeps, grid[i + 1]))
+                lost, gain = step
                 within = target is not None or spent + lost <= budget_pt
-                gain = saved / (max(lost, 0.0) + 0.02)
                 if within and gain > best_gain:
-                    best, best_gain = name, gain
+                    best, best_gain, best_lost = name, gain, lost
             if best is None:
                 break
             if target is not None and estimate_bytes(self.numels, keeps, bits) <= target:
                 break
-            i = grid.index(bits[best])
-            curve = bits_sens.layers[best]
-            spent += 100.0 * max(0.0, curve.drop_at_bits(bits_sens.baseline, grid[i + 1])
-                                 - curve.drop_at_bits(bits_sens.baseline, bits[best]))
-            bits[best] = grid[i + 1]
+            spent += best_lost
+            bits[best] = grid[grid.index(bits[best]) + 1]
             order.append(best)
         return bits, order
+
+    def _probe_lower(self, bits: dict[str, int], bits_sens: SensitivityResult, keeps: dict[str, float],
+                     tried: set[tuple[tuple[str, int], ...]]) -> dict[str, int] | None:
+        """One more bit reduction beyond the scan's estimate (fine-tuning often recovers more than the scan
+        predicts): the untried layer step saving most bytes per point, or None when none is left."""
+        grid = sorted(self.cfg.bits, reverse=True)
+        options = []
+        for name in self.layers:
+            step = self._bits_gain(name, bits, bits_sens, keeps)
+            if step is None:
+                continue
+            lower = {**bits, name: grid[grid.index(bits[name]) + 1]}
+            if tuple(sorted(lower.items())) not in tried:
+                options.append((step[1], lower))
+        return max(options, key=lambda o: o[0])[1] if options else None
 
     def bits_phase(self, pruned: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
         cfg, st = self.cfg, self.state
@@ -309,6 +361,9 @@ class _Search:
         left_pt = (cfg.drop_limit - self.drop(pruned_acc)) if cfg.drop_limit is not None else math.inf
         bits, order = self.choose_bits(pruned, bits_sens, max(0.0, left_pt), cfg.target_bytes)
         candidates: list[tuple[nn.Module, dict[str, Any]]] = []
+        keeps = self._kept(pruned)
+        tried: set[tuple[tuple[str, int], ...]] = set()
+        accepted_bits: dict[str, int] | None = None
         while True:
             finetune = cfg.finetune
             need = finetune.epochs * self._estimate_epoch() + 3 * self._eval_s() + 30.0
@@ -316,11 +371,13 @@ class _Search:
                 break
             if not self.clock.fits(need):  # no time for fine-tuning at all: share only
                 finetune = finetune.replace(epochs=0)
+            tried.add(tuple(sorted(bits.items())))
             work = copy.deepcopy(pruned)
             mods = weight_layers(work)
             for name, b in bits.items():
                 share_weights(mods[name], b)
-            self._fit(work, finetune, "auto centroids")
+            self._fit(work, finetune.replace(seed=finetune.seed + len(candidates)) if cfg.explore else finetune,
+                      "auto centroids")
             work.cpu()
             _round_small(work)
             path = self.out / f"candidate{len(candidates)}.dsk"
@@ -330,8 +387,17 @@ class _Search:
                   and (cfg.target_bytes is None or nbytes <= cfg.target_bytes))
             trial = self._trial(phase="bits", plan=st.get("accepted_plan"), bits=dict(bits), val_accuracy=acc,
                                 val_drop_pt=self.drop(acc), bytes=nbytes, bytes_kind="artifact", accepted=ok,
-                                artifact=str(path))
+                                artifact=str(path), note="probe" if accepted_bits is not None else "")
             candidates.append((work, trial))
+            if ok and cfg.target_bytes is None and cfg.explore:
+                accepted_bits = dict(bits)
+            if accepted_bits is not None:
+                # Within budget: while time allows, probe one bit step lower from the smallest accepted setting.
+                probe = self._probe_lower(accepted_bits, bits_sens, keeps, tried)
+                if probe is None:
+                    break
+                bits = probe
+                continue
             if ok or not order:
                 break
             # Too much lost: give back the last one or two bit reductions and fine-tune again.

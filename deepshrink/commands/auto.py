@@ -40,7 +40,8 @@ def cmd_auto(args: argparse.Namespace) -> int:
         target_bytes=_parse_bytes(args.target_bytes) if args.target_bytes else None,
         target_latency_ms=args.target_latency, time_budget_s=args.time_budget,
         retrain=base.retrain.replace(epochs=args.retrain_epochs, seed=args.seed),
-        finetune=base.finetune.replace(epochs=args.finetune_epochs, seed=args.seed), seed=args.seed)
+        finetune=base.finetune.replace(epochs=args.finetune_epochs, seed=args.seed), seed=args.seed,
+        explore=args.explore)
     out = ensure_dir(args.out)
     log = (lambda _m: None) if args.json or args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     inputs = prepare(args.model, weights=args.weights, data=args.data, out=out, val_fraction=args.val_fraction,
@@ -93,6 +94,9 @@ def register(sub: Any) -> None:
     p.add_argument("--retrain-epochs", type=int, default=2, help="epochs of retraining per pruning step")
     p.add_argument("--finetune-epochs", type=int, default=2, help="epochs of centroid fine-tuning")
     p.add_argument("--out", default="out/auto", help="output folder (default: out/auto)")
+    p.add_argument("--explore", action="store_true",
+                   help="spend spare time on single-layer pruning steps and lower bit widths (more decisions on "
+                        "the validation split: see docs/auto.md)")
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming a run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

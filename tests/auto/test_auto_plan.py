@@ -20,6 +20,7 @@ from deepshrink.sensitivity import LayerCurves, SensitivityResult
     ({"max_drop_pt": 1, "margin": 1.5}, "margin"),
     ({"max_drop_pt": 1, "keeps": (0.0,)}, "kept fractions"),
     ({"max_drop_pt": 1, "bits": (9,)}, "weight bits"),
+    ({"max_drop_pt": 1, "explore": 1}, "explore"),
 ])
 def test_config_rejects_bad_values(kwargs: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
