@@ -197,6 +197,13 @@ def structured_part(data, models: list[str], seeds: list[int], epochs: int, ft_e
                     f"groups pruned {len(first_rep.groups)}; channel counts not a multiple of 8: "
                     f"{', '.join(odd) or 'none'}; left intact: "
                     + "; ".join(f"{v}" for v in list(first_rep.skipped.values())[:4]))
+        tp = cands.get("torch-pruning")
+        if tp is not None:
+            same = (count_params(tp) == count_params(pruned) and count_macs(tp, x64[:1]) == count_macs(pruned, x64[:1]))
+            diag.append(f"- {arch}: deepshrink and Torch-Pruning models have "
+                        + ("the same parameter and MAC counts, so their latency difference "
+                           f"({lat['deepshrink'].median_ms / lat['torch-pruning'].median_ms - 1:+.1%}) is timing noise"
+                           if same else "different parameter or MAC counts"))
         if partial is not None:
             partial(rows, diag)
     # unstructured zeros on dense kernels: same latency
