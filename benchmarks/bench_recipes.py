@@ -41,9 +41,10 @@ CLAIMS: dict[str, dict] = {
                                         "paper": "Han 2016 Table 2: 40x"},
     "deep_compression_lenet5_paper": {"acc": (97.40, 0.10), "ratio": (34.9, 0.1), "seed0_bytes": 49344,
                                       "paper": "Han 2016 Table 3: 39x"},
-    # RESULTS.md "Pruning on mnist5k (issue 3)", Unstructured 12x, lenet300 magnitude: pruned 93.30 +- 0.44
-    # (results/pruning_unstructured_lenet300.md: 20 baseline epochs, 3 steps x 5 retraining epochs, as the recipe).
-    "learning_both_weights_lenet300": {"acc": (93.30, 0.44), "bar": "weights >= 12x fewer, drop <= 0.3 pt",
+    # RESULTS.md "Pruning on mnist5k (issue 3)", Unstructured 12x, lenet300 magnitude: pruned 96.03 +- 0.40
+    # (results/pruning_unstructured_lenet300.md: the Deep Compression baseline and retraining settings,
+    # 5 steps x 8 retraining epochs, as the recipe).
+    "learning_both_weights_lenet300": {"acc": (96.03, 0.40), "bar": "weights >= 12x fewer, drop <= 0.3 pt",
                                        "min_x": 12.0, "max_drop": 0.3,
                                        "paper": "Han 2015: 267K -> 22K weights (12x), 1.64% -> 1.59% error"},
     "int8_ptq_lenet5": {"acc": (96.97, 0.25), "max_drop": 0.3, "bar": "drop <= 0.3 pt",
