@@ -220,19 +220,23 @@ class TaylorImportance(Importance):
     trained minimum the gradient of a large batch is close to zero for every weight (noise averages out),
     so ``|w x g|`` over a few big batches mostly ranks noise; over many small batches its mean grows with
     the per-sample gradient spread (the Fisher information), which is what removing a weight costs.
-    ``max_batches`` calibration batches are used; ``micro_batch=None`` takes each batch whole.
+    ``max_batches`` calibration batches are used; ``micro_batch=None`` takes each batch whole. ``loss_fn``
+    (logits, labels) -> loss should be the loss the model was trained with (e.g. with label smoothing): at a
+    minimum of one loss the gradient of another is not noise but a systematic push. Default: cross-entropy.
     """
 
     name = "taylor"
     needs_data = True
 
-    def __init__(self, max_batches: int = 8, micro_batch: int | None = 16) -> None:
+    def __init__(self, max_batches: int = 8, micro_batch: int | None = 16,
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> None:
         if micro_batch is not None and (isinstance(micro_batch, bool) or not isinstance(micro_batch, int)
                                         or micro_batch < 1):
             raise ConfigError(f"importance 'taylor': micro_batch must be a positive integer or None, "
                               f"got {micro_batch!r}")
         self.max_batches = max_batches
         self.micro_batch = micro_batch
+        self.loss_fn = loss_fn or nn.functional.cross_entropy
         self.acc: dict[str, torch.Tensor] = {}
 
     def prepare(self, model: nn.Module, layers: Mapping[str, nn.Module], data: Batches | None) -> None:
@@ -250,7 +254,7 @@ class TaylorImportance(Importance):
                 step = self.micro_batch or len(x)
                 for i in range(0, len(x), step):
                     model.zero_grad(set_to_none=True)
-                    nn.functional.cross_entropy(model(x[i:i + step]), y[i:i + step]).backward()
+                    self.loss_fn(model(x[i:i + step]), y[i:i + step]).backward()
                     for n, m in layers.items():
                         w = _weight_param(m)
                         if w.grad is not None:
