@@ -26,7 +26,7 @@ import fnmatch
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 STAGE_KINDS = ("prune", "quantize", "cluster", "factorize", "distill", "finetune", "encode", "export")
@@ -65,7 +65,8 @@ def pattern_regex(pattern: str) -> str:
     return pattern[3:] if pattern.startswith("re:") else fnmatch.translate(pattern).removesuffix(r"\Z")
 
 
-Pattern = Annotated[str, Field(min_length=1)]
+#: A layer pattern, checked where it is declared (list items and dict keys alike).
+Pattern = Annotated[str, Field(min_length=1), AfterValidator(check_pattern)]
 
 
 class Selection(_Frozen):
@@ -75,13 +76,6 @@ class Selection(_Frozen):
     exclude: list[Pattern] = Field(default_factory=list)
     exclude_first: bool = False
     exclude_last: bool = False
-
-    @field_validator("layers", "exclude")
-    @classmethod
-    def _patterns(cls, v: list[str] | None) -> list[str] | None:
-        for p in v or ():
-            check_pattern(p)
-        return v
 
 
 class TrainSpec(_Frozen):
@@ -133,13 +127,6 @@ class PruneStage(StageBase):
             raise ValueError(f"unknown importance {v!r}; choose one of: {', '.join(CRITERIA.names())}")
         return v
 
-    @field_validator("overrides")
-    @classmethod
-    def _override_patterns(cls, v: dict[str, float]) -> dict[str, float]:
-        for p in v:
-            check_pattern(p)
-        return v
-
     @model_validator(mode="after")
     def _consistent(self) -> PruneStage:
         if self.nm is not None and not self.nm[0] < self.nm[1]:
@@ -172,13 +159,6 @@ class QuantizeStage(StageBase):
     calibration: Annotated[int, Field(ge=1)] = 512
     train: TrainSpec | None = None
 
-    @field_validator("overrides")
-    @classmethod
-    def _override_patterns(cls, v: dict[str, int]) -> dict[str, int]:
-        for p in v:
-            check_pattern(p)
-        return v
-
     @model_validator(mode="after")
     def _consistent(self) -> QuantizeStage:
         if self.scheme in ("qat", "static", "pow2", "fixed_point") and self.bits < 2:
@@ -199,13 +179,6 @@ class ClusterStage(StageBase):
     overrides: dict[Pattern, Bits] = Field(default_factory=dict)
     init: Literal["linear", "density", "random"] = "linear"
     finetune: TrainSpec | None = None
-
-    @field_validator("overrides")
-    @classmethod
-    def _override_patterns(cls, v: dict[str, int]) -> dict[str, int]:
-        for p in v:
-            check_pattern(p)
-        return v
 
 
 class FactorizeStage(StageBase):
@@ -276,13 +249,6 @@ class EncodeStage(StageBase):
     sparse: bool = True
     small_dtype: Literal["float32", "float16"] = "float32"
     value_dtype: Literal["float32", "float16"] = "float32"
-
-    @field_validator("index_bits_overrides")
-    @classmethod
-    def _override_patterns(cls, v: dict[str, int]) -> dict[str, int]:
-        for p in v:
-            check_pattern(p)
-        return v
 
 
 class ExportStage(StageBase):
