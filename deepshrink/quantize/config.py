@@ -143,6 +143,15 @@ class KMeansConfig(QuantConfig):
             raise ConfigError(f"k-means init must be linear, density or random, got {self.init!r}")
 
 
+def _sign_scheme(granularity: str, trainable: bool, what: str) -> None:
+    """Checks shared by the binary and ternary configs: one scale per tensor or channel, a bool switch."""
+    _granularity(granularity, 1)
+    if granularity == "per_group":
+        raise ConfigError(f"{what} weights support per_tensor or per_channel")
+    if not isinstance(trainable, bool):
+        raise ConfigError(f"trainable must be a bool, got {trainable!r}")
+
+
 @dataclass(frozen=True)
 class BinaryConfig(QuantConfig):
     """Binary weights ``alpha * sign(w)``, ``alpha = mean |w|`` per channel (or per tensor).
@@ -155,11 +164,7 @@ class BinaryConfig(QuantConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _granularity(self.granularity, 1)
-        if self.granularity == "per_group":
-            raise ConfigError("binary weights support per_tensor or per_channel")
-        if not isinstance(self.trainable, bool):
-            raise ConfigError(f"trainable must be a bool, got {self.trainable!r}")
+        _sign_scheme(self.granularity, self.trainable, "binary")
 
 
 @dataclass(frozen=True)
@@ -173,11 +178,7 @@ class TernaryConfig(QuantConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _granularity(self.granularity, 1)
-        if self.granularity == "per_group":
-            raise ConfigError("ternary weights support per_tensor or per_channel")
-        if not isinstance(self.trainable, bool):
-            raise ConfigError(f"trainable must be a bool, got {self.trainable!r}")
+        _sign_scheme(self.granularity, self.trainable, "ternary")
         if not 0 <= self.threshold < 10:
             raise ConfigError(f"ternary threshold must be in [0, 10), got {self.threshold}")
 
