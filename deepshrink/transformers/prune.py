@@ -107,31 +107,19 @@ def _check_ratio(ratio: float, what: str) -> float:
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 
 
-@torch.no_grad()
-def head_contribution(encoder: nn.Module, batches: Batches) -> list[torch.Tensor]:
-    """Per layer, per head: mean L2 norm over real tokens of the head's output projected by
-    attention.output.dense (its contribution to the residual stream); one forward per batch."""
-    from deepshrink.transformers.model import bert_layers
-
-    layers = bert_layers(encoder)
-    if not batches:
-        raise ConfigError("head importance needs at least one calibration batch")
-    sums = [torch.zeros(l.attention.self.query.out_features // l.attention.self.attention_head_size) for l in layers]
+def _token_means(encoder: nn.Module, batches: Batches, modules: Sequence[nn.Module],
+                 stat: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
+    """Per module: ``stat(i, input, mask)`` (summed over batch and tokens, padding masked by ``stat``) at
+    each module's input over all batches, divided by the number of real tokens."""
+    sums: list[torch.Tensor | int] = [0] * len(modules)
     current: dict[str, torch.Tensor] = {}
 
-    def hook(i: int, layer: nn.Module) -> Callable[..., None]:
-        size = layer.attention.self.attention_head_size
-        w = layer.attention.output.dense.weight.detach()  # [hidden, heads * size]
-
+    def hook(i: int) -> Callable[..., None]:
         def fn(_m: nn.Module, args: tuple) -> None:
-            x = args[0].detach()  # [B, T, heads * size]
-            b, t, _ = x.shape
-            per_head = torch.einsum("bthd,ohd->btho", x.view(b, t, -1, size), w.view(w.shape[0], -1, size))
-            norms = per_head.norm(dim=-1) * current["mask"].unsqueeze(-1).to(x.dtype)
-            sums[i] += norms.sum(dim=(0, 1)).cpu()
+            sums[i] = sums[i] + stat(i, args[0].detach(), current["mask"]).cpu()
         return fn
 
-    handles = [l.attention.output.dense.register_forward_pre_hook(hook(i, l)) for i, l in enumerate(layers)]
+    handles = [m.register_forward_pre_hook(hook(i)) for i, m in enumerate(modules)]
     tokens = 0
     try:
         for ids, mask in batches:
@@ -141,7 +129,27 @@ def head_contribution(encoder: nn.Module, batches: Batches) -> list[torch.Tensor
     finally:
         for h in handles:
             h.remove()
-    return [s / max(tokens, 1) for s in sums]
+    return [torch.as_tensor(s) / max(tokens, 1) for s in sums]
+
+
+@torch.no_grad()
+def head_contribution(encoder: nn.Module, batches: Batches) -> list[torch.Tensor]:
+    """Per layer, per head: mean L2 norm over real tokens of the head's output projected by
+    attention.output.dense (its contribution to the residual stream); one forward per batch."""
+    from deepshrink.transformers.model import bert_layers
+
+    layers = bert_layers(encoder)
+    if not batches:
+        raise ConfigError("head importance needs at least one calibration batch")
+
+    def stat(i: int, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        size = layers[i].attention.self.attention_head_size
+        w = layers[i].attention.output.dense.weight.detach()  # [hidden, heads * size]
+        b, t, _ = x.shape  # [B, T, heads * size]
+        per_head = torch.einsum("bthd,ohd->btho", x.view(b, t, -1, size), w.view(w.shape[0], -1, size))
+        return (per_head.norm(dim=-1) * mask.unsqueeze(-1).to(x.dtype)).sum(dim=(0, 1))
+
+    return _token_means(encoder, batches, [l.attention.output.dense for l in layers], stat)
 
 
 @torch.no_grad()
@@ -189,27 +197,12 @@ def ffn_importance(encoder: nn.Module, batches: Batches) -> list[torch.Tensor]:
     from deepshrink.transformers.model import bert_layers
 
     layers = bert_layers(encoder)
-    sums = [torch.zeros(l.intermediate.dense.out_features) for l in layers]
-    current: dict[str, torch.Tensor] = {}
 
-    def hook(i: int) -> Callable[..., None]:
-        def fn(_m: nn.Module, args: tuple) -> None:
-            x = args[0].detach().abs()
-            m = current["mask"].unsqueeze(-1).to(x.dtype)
-            sums[i] += (x * m).sum(dim=(0, 1)).cpu()
-        return fn
+    def stat(_i: int, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return (x.abs() * mask.unsqueeze(-1).to(x.dtype)).sum(dim=(0, 1))
 
-    handles = [l.output.dense.register_forward_pre_hook(hook(i)) for i, l in enumerate(layers)]
-    tokens = 0
-    try:
-        for ids, mask in batches:
-            current["mask"] = mask
-            encoder(ids, mask)
-            tokens += int(mask.sum())
-    finally:
-        for h in handles:
-            h.remove()
-    return [s / max(tokens, 1) * l.output.dense.weight.detach().norm(dim=0).cpu() for s, l in zip(sums, layers)]
+    means = _token_means(encoder, batches, [l.output.dense for l in layers], stat)
+    return [m * l.output.dense.weight.detach().norm(dim=0).cpu() for m, l in zip(means, layers)]
 
 
 @dataclass(frozen=True)
