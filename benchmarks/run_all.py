@@ -16,6 +16,11 @@ BENCHMARKS: list[list[str]] = [
      "--retrain-epochs", "8", "--steps", "5", "--name", "pruning_unstructured_lenet300"],
     ["bench_pruning.py", "--parts", "unstructured", "--models", "lenet5", "--seeds", "3", "--baseline", "recipe",
      "--retrain-epochs", "5", "--steps", "3", "--name", "pruning_unstructured_lenet5"],
+    # the bar (issue 3): more prune/retrain rounds, same settings otherwise
+    ["bench_pruning.py", "--parts", "unstructured", "--models", "lenet300", "--seeds", "3", "--baseline", "recipe",
+     "--retrain-epochs", "8", "--steps", "8", "--name", "pruning_unstructured_lenet300_s8"],
+    ["bench_pruning.py", "--parts", "unstructured", "--models", "lenet5", "--seeds", "3", "--baseline", "recipe",
+     "--retrain-epochs", "5", "--steps", "5", "--name", "pruning_unstructured_lenet5_s5"],
     ["bench_pruning.py", "--parts", "structured", "--seeds", "3", "--name", "pruning_structured"],
     ["bench_pruning.py", "--parts", "ablation", "--models", "resnet8,mobilenetv2", "--seeds", "2",
      "--name", "pruning_ablation"],
