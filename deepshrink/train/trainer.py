@@ -161,25 +161,24 @@ class Trainer:
             for x, y in batches:
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 loss = self.loss_fn(net, x, y)
-                pending = None
-                if ctx is not None:  # every rank sees the global loss, so all stop together on divergence
-                    # started before backward so it overlaps with it; collectives run in issue order on every rank
-                    pending = distributed.all_reduce_sum_async(
-                        torch.stack([loss.detach().double() * len(y), torch.tensor(float(len(y)),
-                                     dtype=torch.float64, device=loss.device)]), ctx)
-                else:
-                    step_loss = float(loss.detach())
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if pending is not None:
-                    summed = pending()
-                    step_total, step_count = float(summed[0]), float(summed[1])
-                    step_loss = step_total / max(1.0, step_count)
-                if not math.isfinite(step_loss):
-                    raise DeepShrinkError(
-                        f"{self.description}: loss became {step_loss} at epoch {epoch + 1}, step {steps}; "
-                        "training diverged (lower the learning rate)"
-                    )
+                if ctx is None:
+                    step_loss = float(loss.detach())
+                    if not math.isfinite(step_loss):
+                        raise DeepShrinkError(
+                            f"{self.description}: loss became {step_loss} at epoch {epoch + 1}, step {steps}; "
+                            "training diverged (lower the learning rate)"
+                        )
+                    loss.backward()
+                    total += step_loss * len(y)
+                    count += len(y)
+                else:
+                    # No collective of our own per step: a non-finite loss on any rank makes its gradients
+                    # non-finite, and DDP's all-reduce spreads them to every rank, so all ranks stop together.
+                    loss.backward()
+                    _check_synced_gradients(params, loss, self.description, epoch, steps)
+                    total += loss.detach().double() * len(y)
+                    count += len(y)
                 if cfg.grad_clip:
                     norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
                     if not torch.isfinite(norm):  # name the layer before clipping spreads NaN everywhere
@@ -188,12 +187,11 @@ class Trainer:
                 opt.step()
                 sched.step()
                 steps += 1
-                if ctx is not None:
-                    total += step_total
-                    count += int(step_count)
-                else:
-                    total += loss.item() * len(y)
-                    count += len(y)
+            if ctx is not None:  # the global mean loss of the epoch: one all-reduce per epoch
+                summed = distributed.all_reduce_sum(
+                    torch.stack([torch.as_tensor(total, dtype=torch.float64, device=self.device),
+                                 torch.tensor(float(count), dtype=torch.float64, device=self.device)]), ctx)
+                total, count = float(summed[0]), int(summed[1])
             epoch_loss = total / max(1, count)
             history.append(epoch_loss)
             # a finite loss can still leave NaN/inf weights after the last step: never checkpoint those
@@ -272,6 +270,19 @@ class Trainer:
         except Exception as exc:  # any unreadable checkpoint is one clear error
             raise DeepShrinkError(f"cannot resume from checkpoint {self.checkpoint}: {exc}") from None
         return int(state["epoch"]), [float(v) for v in state["history"]]
+
+
+def _check_synced_gradients(params: list[nn.Parameter], loss: torch.Tensor, description: str,
+                            epoch: int, step: int) -> None:
+    """Under DDP: stop every rank together when the (all-reduced, hence identical) gradients are not finite."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if grads and not bool(torch.isfinite(nn.utils.get_total_norm(grads))):
+        local = float(loss.detach())
+        where = f"loss {local} on this rank" if not math.isfinite(local) else "the loss diverged on another rank"
+        raise DeepShrinkError(
+            f"{description}: gradients became non-finite at epoch {epoch + 1}, step {step} ({where}); "
+            "training diverged (lower the learning rate)"
+        )
 
 
 def _restore_rng(state: dict, ctx: DistContext | None, device: torch.device) -> None:

@@ -17,6 +17,7 @@ from torch.utils.data import TensorDataset
 torch.set_num_threads(1)
 
 import deepshrink.train.trainer as trainer_module  # noqa: E402
+from deepshrink.core.errors import DeepShrinkError  # noqa: E402
 from deepshrink.distill import DistillConfig, FeatureLink, distill  # noqa: E402
 from deepshrink.train import TrainConfig, Trainer  # noqa: E402
 
@@ -53,6 +54,22 @@ DISTILL = DistillConfig(temperature=2.0, alpha=0.5, features=(FeatureLink("1", "
                         train=TrainConfig(epochs=2, batch_size=32, lr=0.05, seed=2))
 
 
+def _diverge_on_rank_one(rank: int) -> str:
+    """Rank 1's loss turns NaN at its 4th step: every rank must stop there with the divergence error."""
+    calls = [0]
+
+    def loss_fn(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        return loss * float("nan") if rank == 1 and calls[0] == 4 else loss
+
+    try:
+        Trainer(model(seed=40), MINI_BATCH, loss_fn=loss_fn, progress=False).fit(blobs(256, seed=1))
+    except DeepShrinkError as exc:
+        return f"{calls[0]}: {exc}"
+    return "no error"
+
+
 def main(out: Path) -> None:
     rank = int(os.environ["RANK"])
     # each rank starts from a different init: DDP must broadcast rank 0's weights
@@ -62,10 +79,11 @@ def main(out: Path) -> None:
     res_mini = Trainer(mini, MINI_BATCH, progress=False).fit(blobs(256, seed=1))
     teacher, student = model(seed=20, hidden=16), model(seed=30 + rank)
     distill(student, teacher, blobs(128, seed=2), DISTILL, checkpoint=out / "distill.pt", progress=False)
+    diverged = _diverge_on_rank_one(rank)
     torch.save({
         "full": full.state_dict(), "mini": mini.state_dict(), "student": student.state_dict(),
         "full_history": torch.tensor(res_full.history, dtype=torch.float64),
-        "mini_steps": res_mini.steps, "writes": list(WRITES),
+        "mini_steps": res_mini.steps, "writes": list(WRITES), "diverged": diverged,
     }, out / f"rank{rank}.pt")
 
 

@@ -84,6 +84,14 @@ def test_two_processes_match_one_process_accuracy(two_ranks):
     assert r0["mini_steps"] == res.steps  # batch_size is the global batch: same number of steps
 
 
+@pytest.mark.slow
+def test_a_loss_that_diverges_on_one_rank_stops_every_rank_at_the_same_step(two_ranks):
+    r0, r1, _ = two_ranks
+    assert r0["diverged"].startswith("4: ") and r1["diverged"].startswith("4: ")
+    assert "step 3" in r0["diverged"] and "diverged" in r0["diverged"]
+    assert "another rank" in r0["diverged"] and "loss nan on this rank" in r1["diverged"]
+
+
 def test_single_process_needs_no_process_group(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert distributed.setup(torch.device("cpu")) is None
