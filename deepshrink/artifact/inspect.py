@@ -26,7 +26,12 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
         if not isinstance(t, dict) or not isinstance(t.get("shape"), list):
             raise CorruptArtifactError(f"{os.fspath(path)}: malformed entry for tensor {name}")
         numel = math.prod(int(d) for d in t["shape"])
-        streams = {_STREAM_OF[k]: summary["blobs"].get(v, 0) for k, v in t.items() if k in _STREAM_OF}
+        if "at" in t:  # a slice of the quantized bundle (deepshrink.artifact.quantized)
+            from deepshrink.artifact.quantized import bundled_streams
+
+            streams = bundled_streams(t, box.blobs, f"{os.fspath(path)}: {name}")
+        else:
+            streams = {_STREAM_OF[k]: summary["blobs"].get(v, 0) for k, v in t.items() if k in _STREAM_OF}
         nnz = t.get("nnz")
         k = t.get("k")
         bits = t.get("bits") if isinstance(t.get("bits"), int) else None

@@ -1,15 +1,25 @@
-"""Quantized weights in the artifact: integer codes bit-packed at their width (1-8 bits) plus float32
-scales and zero points (or per-channel lookup tables for power-of-two).
+"""Quantized weights in the artifact: integer codes (1-8 bits) plus scales and zero points (or
+per-channel lookup tables for power-of-two and k-means).
 
-Encoding ``quant``: ``codes`` blob (``pack_bits`` at ``bits``), ``cshape = [C, G, K]`` (the grouped view),
-``scale``/``zp`` blobs of ``C * G`` float32 each, or a ``levels`` blob of ``C * G * 2^bits`` float32.
-Decoding uses the same ``dequantize`` formula as the in-memory model, so ``deepshrink.load`` rebuilds
-weights bit-for-bit and outputs equal the quantized model's.
+Encoding ``quant``: ``codes`` blob (``qblob``), ``cshape = [C, G, K]`` (the grouped view; omitted when it
+is the per-channel default ``[shape[0], 1, numel / shape[0]]``), ``scale``/``zp`` blobs of ``C * G``
+values each, or a ``levels`` blob of ``C * G * 2^bits`` values. Decoding uses the same ``dequantize``
+formula as the in-memory model, so ``deepshrink.load`` rebuilds weights bit-for-bit and outputs equal
+the quantized model's.
 
-Compaction for small models (where fixed costs dominate), both lossless and chosen per layer: a zero
-point that is the same for every group (symmetric, binary, ternary schemes) is written once in the
-metadata (``zconst``) instead of a ``zp`` blob; the codes are Huffman-coded (``qcode: "huffman"``)
-when that saves at least 5% over bit packing. Files without these keys (older writers) decode as before.
+Compaction for small models (where fixed costs dominate), every step lossless and chosen per tensor:
+
+* codes (``qcode``): bit-packed at ``bits`` (``packed``, the default), Huffman-coded (``huffman``, when
+  that saves at least 5%), or adaptively range-coded around the zero point (``arith``,
+  ``codec.arith``: no code table, so it wins on small layers; tried up to ``ARITH_MAX_SYMBOLS`` codes,
+  kept when it saves at least 1%). ``qc`` is the arith center when it is not the per-group zero point.
+* scales, zero points and levels (``sfmt``/``zfmt``/``lfmt``): raw float32 or ``fpack`` (only the
+  sign/exponent/mantissa bits that vary; a float16-representable scale costs about 12 bits).
+* a zero point that is the same for every group is one metadata value (``zconst``), no blob.
+* :func:`save_quantized` also stores other float32 tensors (biases) as ``fpack`` when smaller, and
+  writes the container's dictionary-compressed metadata (container format version 2).
+
+Files without these keys (older writers) decode as before.
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ from torch import nn
 
 from deepshrink.artifact import tensors as T
 from deepshrink.artifact.model_io import SaveReport, StoragePolicy, TensorReport, encode_model
-from deepshrink.codec import container, huffman, packing
+from deepshrink.codec import arith, container, floatpack, huffman, packing
 from deepshrink.core.errors import ConfigError, CorruptArtifactError
 from deepshrink.quantize import primitives as P
 from deepshrink.quantize.modules import QuantizedWeight, input_quantizers, quantized_weight
@@ -33,44 +43,108 @@ from deepshrink.quantize.qat import freeze
 
 #: Huffman-code the codes only when that saves at least 5% over bit packing (decoding costs time).
 HUFFMAN_MIN_GAIN = 0.95
+#: Range-code the codes only when that saves at least 1% over the better of packing and Huffman.
+ARITH_MIN_GAIN = 0.99
+#: The range coder runs a Python loop (about 10 us a code): tensors with more codes skip it (for them a
+#: Huffman table is a negligible cost anyway).
+ARITH_MAX_SYMBOLS = 1 << 14
+BUNDLE = "b"  # the blob that holds every quantized and fpack tensor of a save_quantized file
 BLOB_FIELDS = ("blob", "iblob", "vblob", "cblob", "qblob", "sblob", "zblob", "lblob")
 
 
+def _floats(meta: dict[str, Any], blobs: dict[str, bytes], field: str, name: str, values: torch.Tensor) -> None:
+    """Store float32 ``values`` under blob ``name`` as raw float32 or ``fpack``, whichever is smaller."""
+    arr = values.detach().cpu().float().contiguous().reshape(-1).numpy()
+    packed = floatpack.encode(arr)
+    meta[field] = name
+    if len(packed) < 4 * arr.size:
+        meta[field[0] + "fmt"] = "fpack"
+        blobs[name] = packed
+    else:
+        blobs[name] = arr.astype("<f4").tobytes()
+
+
+def _arith_centers(codes: np.ndarray, zp: torch.Tensor | None, bits: int) -> tuple[int | np.ndarray, int | None]:
+    """(centers for the range coder, the ``qc`` value to record or None when centers are the zero points)."""
+    if zp is not None:
+        z = zp.detach().cpu().double().reshape(-1).numpy()
+        if np.all(z == np.round(z)) and z.min() >= 0 and z.max() < 2**bits:
+            c, g, k = codes.shape
+            return np.repeat(z.astype(np.int64), k), None
+    center = int(np.median(codes)) if codes.size else 0
+    return center, center
+
+
 def encode_quant(q: QuantizedWeight, key: str) -> T.Encoded:
-    """Codes (bit-packed, or Huffman-coded when smaller) + float32 parameters of one frozen quantized weight."""
-    codes = q.codes.detach().cpu().numpy().astype(np.int64)
-    c, g, k = codes.shape
-    packed = packing.pack_bits(codes.ravel(), q.bits)
-    coded = huffman.encode(codes.ravel(), 2**q.bits) if codes.size else packed
-    meta: dict[str, Any] = {"enc": "quant", "bits": q.bits, "scheme": q.scheme, "cshape": [c, g, k],
-                            "qblob": f"{key}.q"}
-    if len(coded) <= HUFFMAN_MIN_GAIN * len(packed):
-        meta["qcode"] = "huffman"
-        blobs = {f"{key}.q": coded}
-    else:
-        blobs = {f"{key}.q": packed}
+    """Codes (bit-packed, Huffman- or range-coded, whichever is smallest) + parameters of one frozen
+    quantized weight."""
+    codes3 = q.codes.detach().cpu().numpy().astype(np.int64)
+    c, g, k = codes3.shape
+    codes = codes3.ravel()
+    meta: dict[str, Any] = {"enc": "quant", "bits": q.bits, "scheme": q.scheme, "qblob": f"{key}.q"}
+    if [c, g, k] != [q.shape[0], 1, math.prod(q.shape) // q.shape[0]]:
+        meta["cshape"] = [c, g, k]
+    blobs: dict[str, bytes] = {}
+    zp = None
     if q.levels is not None:
-        blobs[f"{key}.l"] = T._raw(q.levels.reshape(-1), "float32")
-        meta["lblob"] = f"{key}.l"
+        _floats(meta, blobs, "lblob", f"{key}.l", q.levels)
     else:
-        blobs[f"{key}.s"] = T._raw(q.scale.expand(c, g, 1).reshape(-1), "float32")
-        meta["sblob"] = f"{key}.s"
-        zp = q.zero_point.detach().cpu().float()
+        _floats(meta, blobs, "sblob", f"{key}.s", q.scale.expand(c, g, 1))
+        zp = q.zero_point.detach().cpu().float().expand(c, g, 1)
         first = float(zp.reshape(-1)[0])
         if bool((zp == first).all()) and math.isfinite(first):
             meta["zconst"] = first  # one value for every group: no blob (JSON floats round-trip exactly)
         else:
-            blobs[f"{key}.z"] = T._raw(q.zero_point.expand(c, g, 1).reshape(-1), "float32")
-            meta["zblob"] = f"{key}.z"
-    stats = T.StreamStats(codes.size, 2**q.bits, meta.get("qcode", "packed"), len(blobs[f"{key}.q"]), 0.0,
-                          q.bits * codes.size)
+            _floats(meta, blobs, "zblob", f"{key}.z", zp)
+    options = {"packed": packing.pack_bits(codes, q.bits)}
+    if codes.size:
+        coded = huffman.encode(codes, 2**q.bits)
+        if len(coded) <= HUFFMAN_MIN_GAIN * len(options["packed"]):
+            options["huffman"] = coded
+    if 0 < codes.size <= ARITH_MAX_SYMBOLS:
+        centers, qc = _arith_centers(codes3, zp, q.bits)
+        coded = arith.encode(codes, 2**q.bits, centers)
+        if len(coded) <= ARITH_MIN_GAIN * min(len(b) for b in options.values()):
+            options["arith"] = coded
+            if qc is not None:
+                meta["qc"] = qc
+    chosen = min(options, key=lambda o: len(options[o]))
+    if chosen != "packed":
+        meta["qcode"] = chosen
+    if chosen != "arith":
+        meta.pop("qc", None)
+    blobs[f"{key}.q"] = options[chosen]
+    stats = T.StreamStats(codes.size, 2**q.bits, chosen, len(options[chosen]), 0.0, q.bits * codes.size)
     return T.Encoded(meta, blobs, {"codes": stats})
 
 
-def _decode_codes(meta: dict[str, Any], raw: bytes, bits: int, n: int, where: str) -> np.ndarray:
+def _grouped_shape(meta: dict[str, Any], shape: tuple[int, ...], where: str) -> tuple[int, int, int]:
+    """``cshape`` (or the per-channel default when absent), checked against the tensor's shape."""
+    n = math.prod(shape)
+    cshape = meta.get("cshape")
+    if cshape is None:
+        if not shape or shape[0] < 1:
+            raise CorruptArtifactError(f"{where}: a quantized weight needs a non-empty shape")
+        cshape = [shape[0], 1, n // shape[0]]
+    if not isinstance(cshape, list) or len(cshape) != 3 or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in cshape):
+        raise CorruptArtifactError(f"{where}: bad quantized-weight header")
+    c, g, k = cshape
+    if min(c, g, k) < 1 or c * g * k != n:
+        raise CorruptArtifactError(f"{where}: grouped shape {cshape} does not hold {n} weights")
+    return c, g, k
+
+
+def _decode_codes(meta: dict[str, Any], raw: bytes, bits: int, n: int, centers: int | np.ndarray,
+                  where: str) -> np.ndarray:
+    """The ``n`` integer codes from their stream, per ``qcode`` (packed when absent)."""
     coding = meta.get("qcode", "packed")
     if coding == "packed":
         return packing.unpack_bits(raw, bits, n).astype(np.int64)
+    if coding == "arith":
+        if n > ARITH_MAX_SYMBOLS:  # never written: a hostile file must not start a Python loop of 2^28 steps
+            raise CorruptArtifactError(f"{where}: {n} range-coded codes, over the {ARITH_MAX_SYMBOLS} limit")
+        return arith.decode(raw, 2**bits, n, centers)
     if coding != "huffman":
         raise CorruptArtifactError(f"{where}: unknown code coding {coding!r}")
     codes, used = huffman.decode(raw)
@@ -80,6 +154,7 @@ def _decode_codes(meta: dict[str, Any], raw: bytes, bits: int, n: int, where: st
 
 
 def _zero_points(meta: dict[str, Any], blobs: dict[str, bytes], count: int, where: str) -> torch.Tensor:
+    """Per-group zero points: the constant ``zconst`` or the ``zblob`` values."""
     if "zconst" in meta:
         z = meta["zconst"]
         if isinstance(z, bool) or not isinstance(z, (int, float)) or not math.isfinite(float(z)):
@@ -87,33 +162,115 @@ def _zero_points(meta: dict[str, Any], blobs: dict[str, bytes], count: int, wher
         return torch.full((count,), float(z), dtype=torch.float32)
     if "zblob" not in meta:
         raise CorruptArtifactError(f"{where}: zero points are missing")
-    return T._from_raw(blobs.get(meta["zblob"], b""), "float32", count, where)
+    return T.decode_floats(meta, "zblob", blobs, count, where)
+
+
+def _centers(meta: dict[str, Any], zp: torch.Tensor | None, k: int, bits: int, where: str) -> int | np.ndarray:
+    """The range coder's centers: ``qc``, else each group's zero point (which must then be a code)."""
+    if meta.get("qcode") != "arith":
+        return 0
+    if "qc" in meta:
+        qc = meta["qc"]
+        if isinstance(qc, bool) or not isinstance(qc, int) or not 0 <= qc < 2**bits:
+            raise CorruptArtifactError(f"{where}: bad code center {qc!r}")
+        return qc
+    z = zp.double().numpy() if zp is not None else np.zeros(0)
+    if zp is None or not np.all(z == np.round(z)) or z.min() < 0 or z.max() >= 2**bits:
+        raise CorruptArtifactError(f"{where}: range-coded codes need integer zero points or a center")
+    return np.repeat(z.astype(np.int64), k)
+
+
+def _part_nbytes(meta: dict[str, Any], field: str, count: int, data: bytes, where: str) -> int:
+    """Bytes of one bundled float part (raw float32 or fpack) of ``count`` values at the start of ``data``."""
+    if meta.get(field[0] + "fmt", "float32") == "fpack":
+        return floatpack.nbytes(count, data)
+    return 4 * count
+
+
+def _unbundle(meta: dict[str, Any], blobs: dict[str, bytes], c: int, g: int, bits: int,
+              where: str) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Split a bundled tensor's slice (parameters in field order, then the codes) into named parts."""
+    data = T.tensor_bytes(meta, blobs, where)
+    if "lblob" in meta:
+        fields = [("lblob", c * g * 2**bits)]
+    else:
+        fields = [("sblob", c * g)] + ([("zblob", c * g)] if "zblob" in meta else [])
+    meta = {key: v for key, v in meta.items() if key not in ("blob", "at")}
+    parts, pos = {}, 0
+    for field, count in fields:
+        size = _part_nbytes(meta, field, count, data[pos:], where)
+        if pos + size > len(data):
+            raise CorruptArtifactError(f"{where}: bundled parameters run past the tensor's slice")
+        meta[field] = field
+        parts[field] = data[pos:pos + size]
+        pos += size
+    meta["qblob"] = "codes"
+    parts["codes"] = data[pos:]
+    return meta, parts
+
+
+def bundled_streams(meta: dict[str, Any], blobs: dict[str, bytes], where: str) -> dict[str, int]:
+    """Bytes per stream (levels, scales, zero_points, codes; dense for fpack) of a bundled tensor, for
+    ``inspect``; malformed metadata is a CorruptArtifactError."""
+    try:
+        if meta.get("enc") != "quant":
+            return {"dense": len(T.tensor_bytes(meta, blobs, where))}
+        bits = meta["bits"]
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
+            raise CorruptArtifactError(f"{where}: bad quantized-weight header")
+        c, g, _ = _grouped_shape(meta, tuple(int(d) for d in meta["shape"]), where)
+        _, parts = _unbundle(meta, blobs, c, g, bits, where)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptArtifactError(f"{where}: malformed tensor metadata ({exc})") from None
+    names = {"lblob": "levels", "sblob": "scales", "zblob": "zero_points", "codes": "codes"}
+    return {names[f]: len(b) for f, b in parts.items()}
 
 
 def decode_quant(meta: dict[str, Any], shape: tuple[int, ...], blobs: dict[str, bytes],
                  where: str) -> torch.Tensor:
     """Inverse of :func:`encode_quant`; every inconsistency is a CorruptArtifactError."""
-    bits = int(meta["bits"])
-    cshape = meta["cshape"]
-    if not 1 <= bits <= 8 or not isinstance(cshape, list) or len(cshape) != 3:
+    bits = meta["bits"]
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
         raise CorruptArtifactError(f"{where}: bad quantized-weight header")
-    c, g, k = (int(v) for v in cshape)
-    n = math.prod(shape)
-    if min(c, g, k) < 1 or c * g * k != n:
-        raise CorruptArtifactError(f"{where}: grouped shape {cshape} does not hold {n} weights")
+    c, g, k = _grouped_shape(meta, shape, where)
+    n = c * g * k
+    if "at" in meta:
+        meta, blobs = _unbundle(meta, blobs, c, g, bits, where)
     raw = blobs.get(meta["qblob"])
     if raw is None:
         raise CorruptArtifactError(f"{where}: codes blob is missing")
-    codes = torch.from_numpy(_decode_codes(meta, raw, bits, n, where)).view(c, g, k)
     if "lblob" in meta:
-        levels = T._from_raw(blobs.get(meta["lblob"], b""), "float32", c * g * 2**bits, where)
-        levels = levels.view(c, g, 2**bits)
-        out = P.lut_dequantize(codes, levels)
-    else:
-        scale = T._from_raw(blobs.get(meta["sblob"], b""), "float32", c * g, where).view(c, g, 1)
-        zp = _zero_points(meta, blobs, c * g, where).view(c, g, 1)
-        out = P.dequantize(codes, scale, zp)
-    return out.reshape(shape)
+        levels = T.decode_floats(meta, "lblob", blobs, c * g * 2**bits, where).view(c, g, 2**bits)
+        codes = torch.from_numpy(_decode_codes(meta, raw, bits, n, _centers(meta, None, k, bits, where), where))
+        return P.lut_dequantize(codes.view(c, g, k), levels).reshape(shape)
+    scale = T.decode_floats(meta, "sblob", blobs, c * g, where).view(c, g, 1)
+    zp = _zero_points(meta, blobs, c * g, where)
+    codes = torch.from_numpy(_decode_codes(meta, raw, bits, n, _centers(meta, zp, k, bits, where), where))
+    return P.dequantize(codes.view(c, g, k), scale, zp.view(c, g, 1)).reshape(shape)
+
+
+def _bundle(tensors: dict[str, Any], blobs: dict[str, bytes]) -> None:
+    """Move every quantized and fpack tensor into one blob ``BUNDLE`` (``at = [offset, length]``; a
+    quantized slice holds levels, or scales then zero points, then the codes, lengths implied by the
+    shapes): small models then pay one blob-table entry instead of two or three per layer."""
+    bundle, names = bytearray(), set(blobs)
+    for name in sorted(tensors):
+        tmeta = tensors[name]
+        if tmeta.get("enc") == "fpack" and "at" not in tmeta:
+            fields = ["blob"]
+        elif tmeta.get("enc") == "quant" and "at" not in tmeta:
+            fields = [f for f in ("lblob", "sblob", "zblob") if f in tmeta] + ["qblob"]
+        else:
+            continue
+        start = len(bundle)
+        for field in fields:  # levels and zero-point parts keep their key (value BUNDLE) as a marker
+            bundle += blobs.pop(tmeta[field] if field in ("lblob", "zblob") else tmeta.pop(field))
+            if field in ("lblob", "zblob"):
+                tmeta[field] = BUNDLE
+        tmeta.update({"blob": BUNDLE, "at": [start, len(bundle) - start]})
+    if BUNDLE in names:
+        raise ConfigError(f"blob name {BUNDLE!r} is reserved for the quantized bundle")
+    blobs[BUNDLE] = bytes(bundle)
 
 
 def save_quantized(model: nn.Module, path: str | os.PathLike[str], policy: StoragePolicy | None = None,
@@ -146,5 +303,15 @@ def save_quantized(model: nn.Module, path: str | os.PathLike[str], policy: Stora
         nnz = int((module.weight != 0).sum())
         reports[by_name[name]] = TensorReport(name, q.shape, math.prod(q.shape), nnz, "quant", enc.nbytes,
                                               None, q.bits, enc.streams)
-    nbytes = container.write_container(path, meta, blobs)
+    for name, tmeta in meta["tensors"].items():
+        if tmeta.get("enc") == "dense" and tmeta.get("dtype") == "float32":
+            values = np.frombuffer(blobs[tmeta["blob"]], dtype="<f4")
+            packed = floatpack.encode(values.astype(np.float32))
+            if len(packed) < len(blobs[tmeta["blob"]]):  # lossless: sign/exponent/mantissa bits that vary
+                blobs[tmeta["blob"]] = packed
+                meta["tensors"][name] = {"enc": "fpack", "blob": tmeta["blob"], "shape": tmeta["shape"]}
+                rep = reports[by_name[name]]
+                rep.encoding, rep.nbytes = "fpack", len(packed)
+    _bundle(meta["tensors"], blobs)
+    nbytes = container.write_container(path, meta, blobs, compact=True)
     return SaveReport(str(path), nbytes, nbytes - sum(len(b) for b in blobs.values()), reports)

@@ -1,4 +1,5 @@
-"""Tensor encodings of the artifact: dense, sparse (relative indices) and codebook (shared weights).
+"""Tensor encodings of the artifact: dense, sparse (relative indices), codebook (shared weights) and
+fpack (float32 with only the sign/exponent/mantissa bits that vary, ``codec.floatpack``; lossless).
 
 Each encoder returns JSON-able metadata, the blobs it needs, and the exact byte cost of each
 stream so reports can break a file down without estimating anything.
@@ -13,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from deepshrink.codec import huffman, packing, sparse
+from deepshrink.codec import floatpack, huffman, packing, sparse
 from deepshrink.core.errors import ConfigError, CorruptArtifactError
 
 Coding = Literal["packed", "huffman", "auto"]
@@ -118,6 +119,25 @@ def encode_dense(t: torch.Tensor, dtype: str, key: str) -> Encoded:
     return Encoded({"enc": "dense", "dtype": dtype, "blob": key}, {key: data})
 
 
+def encode_fpack(t: torch.Tensor, key: str) -> Encoded:
+    """A float32 tensor bit-field packed (lossless; smaller than dense when exponents or precision repeat)."""
+    data = floatpack.encode(t.detach().cpu().float().contiguous().numpy())
+    return Encoded({"enc": "fpack", "blob": key}, {key: data})
+
+
+def decode_floats(meta: dict[str, Any], field: str, blobs: dict[str, bytes], count: int,
+                  where: str) -> torch.Tensor:
+    """The float32 values of blob ``meta[field]``: raw float32, or bit-packed when ``meta[field[0] +
+    "fmt"]`` is ``"fpack"`` (the quantized-weight parameters)."""
+    data = _blob(blobs, meta[field], where)
+    fmt = meta.get(field[0] + "fmt", "float32")
+    if fmt == "float32":
+        return _from_raw(data, "float32", count, where)
+    if fmt != "fpack":
+        raise CorruptArtifactError(f"{where}: unknown float storage {fmt!r}")
+    return torch.from_numpy(floatpack.decode(data, count).copy())
+
+
 def encode_sparse(t: torch.Tensor, key: str, *, index_bits: int | None, coding: Coding,
                   value_dtype: str = "float32", codebook: torch.Tensor | None = None,
                   assign: torch.Tensor | None = None) -> Encoded:
@@ -185,6 +205,8 @@ def decode_tensor(meta: dict[str, Any], shape: tuple[int, ...], blobs: dict[str,
             return table[torch.from_numpy(ids)].view(shape)
         if enc == "sparse":
             return _decode_sparse(meta, shape, n, blobs, where)
+        if enc == "fpack":
+            return torch.from_numpy(floatpack.decode(tensor_bytes(meta, blobs, where), n).copy()).view(shape)
         if enc == "quant":  # packed low-bit integer weights (deepshrink.artifact.quantized)
             from deepshrink.artifact.quantized import decode_quant
 
@@ -215,6 +237,19 @@ def _decode_sparse(meta: dict[str, Any], shape: tuple[int, ...], n: int, blobs: 
     out = torch.zeros(n, dtype=values.dtype)
     out[torch.from_numpy(positions)] = values
     return out.view(shape)
+
+
+def tensor_bytes(meta: dict[str, Any], blobs: dict[str, bytes], where: str) -> bytes:
+    """Blob ``meta["blob"]``, or its slice ``meta["at"] = [offset, length]`` when several tensors share
+    one blob (a bundle: one blob-table entry instead of one per stream)."""
+    data = _blob(blobs, meta["blob"], where)
+    if "at" not in meta:
+        return data
+    at = meta["at"]
+    if (not isinstance(at, list) or len(at) != 2 or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                            and v >= 0 for v in at) or sum(at) > len(data)):
+        raise CorruptArtifactError(f"{where}: slice {at!r} is not inside the {len(data)}-byte blob")
+    return data[at[0]:at[0] + at[1]]
 
 
 def _blob(blobs: dict[str, bytes], name: str, where: str) -> bytes:

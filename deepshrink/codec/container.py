@@ -9,6 +9,11 @@ The meta JSON is ``{"blobs": [{"name", "offset", "length"}, ...], "meta": <user 
 offsets relative to the start of the blob section. Flag bit 0 means the meta section is
 zlib-compressed (the writer does so when it is smaller); the reader inflates it with a hard cap.  Readers validate sizes against the real file
 length before reading anything large, so a corrupt header cannot trigger a huge allocation.
+
+Version 2 (written only on request, ``compact=True``, and only when it is smaller) adds flag bit 1: the
+meta section is raw DEFLATE primed with the frozen dictionary :data:`META_DICT` of the keys and values
+every model artifact repeats, which roughly halves the metadata of a small model. A version-1 reader
+refuses such a file with a clear "newer version" error; this reader reads both versions.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from deepshrink.core.errors import ArtifactError, ConfigError, CorruptArtifactEr
 from deepshrink.core.fileio import atomic_writer
 
 MAGIC = b"DSHRINK\x00"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version this reader understands
+PLAIN_VERSION = 1  # written unless a compact meta section needs version 2
 _HEADER = struct.Struct("<8sHHIQ32s")
 HEADER_NBYTES = _HEADER.size  # 56
 MAX_META_BYTES = 64 * 1024 * 1024
@@ -39,6 +45,27 @@ MIN_INFLATE_CAP = 1 << 20
 MAX_JSON_CONTAINERS = 1 << 18
 _MAX_JSON_DEPTH = 64
 FLAG_META_ZLIB = 0x0001
+FLAG_META_DICT = 0x0002  # version >= 2: raw DEFLATE with the META_DICT preset dictionary
+#: Frozen forever for version 2 (changing one byte breaks every version-2 file): JSON fragments that
+#: model artifacts repeat, the most frequent last (DEFLATE reaches near matches more cheaply).
+META_DICT = (
+    b'"num_batches_tracked":{"blob":"t","dtype":"int64","enc":"dense","shape":[]},"'
+    b'running_mean":{"at":[running_var":{"at":[downsample.weight":{"at":['
+    b'"dtype":"float32","enc":"dense","shape":[["blob":"t","enc":"sparse","vkind":"codebook","vcode":"huffman",'
+    b'"icode":"huffman","ibits":"cblob":"t'
+    b'"lfmt":"fpack","scheme":"pow2","scheme":"kmeans","scheme":"binary","scheme":"ternary","cshape":[1,1,'
+    b'"zfmt":"fpack","scheme":"fixed_point","qcode":"huffman","qc":"bits":4,"bits":2,"bits":1,'
+    b'"format":"deepshrink.model","info":{},"tensors":{"'
+    b'"layers.fc1.weight":{"at":[layer1.0.conv1.weight":{"at":[bn1.weight":{"at":['
+    b'"bits":4,"blob":"b","enc":"quant","qcode":"arith","scheme":"uniform","sfmt":"fpack","shape":['
+    b'"zconst":8.0},"features.'
+    b'"blob":"b","enc":"fpack","shape":[25]},"'
+    b'"bits":8,"blob":"b","enc":"quant","qcode":"arith","scheme":"uniform","sfmt":"fpack","shape":['
+    b'"zconst":128.0},"fc.bias":{"at":[0,'
+    b'"blob":"b","enc":"fpack","shape":[10]},"conv1.weight":{"at":['
+    b'{"blobs":[{"length":'
+    b',"name":"b","offset":0}],"meta":{"arch":{"kwargs":{},"zoo":"'
+)
 
 
 @dataclass(frozen=True)
@@ -104,16 +131,28 @@ def _prepare(meta: Mapping[str, Any], blobs: Mapping[str, bytes]) -> tuple[bytes
     return meta_bytes, payloads
 
 
-def _pack_meta(meta_bytes: bytes) -> tuple[bytes, int]:
-    """The meta section as stored, and its flags: zlib-compressed when that is smaller."""
-    packed = zlib.compress(meta_bytes, 9)
-    return (packed, FLAG_META_ZLIB) if len(packed) < len(meta_bytes) else (meta_bytes, 0)
+def _deflate_dict(meta_bytes: bytes) -> bytes:
+    """Raw DEFLATE (no zlib header or checksum: the container's SHA-256 covers it) primed with META_DICT."""
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, zdict=META_DICT)
+    return deflater.compress(meta_bytes) + deflater.flush()
+
+
+def _pack_meta(meta_bytes: bytes, compact: bool = False) -> tuple[bytes, int, int]:
+    """The meta section as stored, its flags and the format version: the smallest of plain, zlib and
+    (``compact`` only) dictionary DEFLATE, which needs version 2."""
+    options = [(meta_bytes, 0, PLAIN_VERSION), (zlib.compress(meta_bytes, 9), FLAG_META_ZLIB, PLAIN_VERSION)]
+    if compact:
+        options.append((_deflate_dict(meta_bytes), FLAG_META_DICT, 2))
+    return min(options, key=lambda o: (len(o[0]), o[2]))
 
 
 def _unpack_meta(stored: bytes, flags: int, source: str) -> bytes:
-    if not flags & FLAG_META_ZLIB:
+    if flags & FLAG_META_DICT:
+        inflater = zlib.decompressobj(-15, zdict=META_DICT)
+    elif flags & FLAG_META_ZLIB:
+        inflater = zlib.decompressobj()
+    else:
         return stored
-    inflater = zlib.decompressobj()
     cap = min(MAX_META_BYTES, max(MIN_INFLATE_CAP, INFLATE_RATIO * len(stored)))
     try:
         out = inflater.decompress(stored, cap)
@@ -124,27 +163,31 @@ def _unpack_meta(stored: bytes, flags: int, source: str) -> bytes:
     return out
 
 
-def _header_and_digest(meta_bytes: bytes, payloads: list[bytes], flags: int) -> bytes:
+def _header_and_digest(meta_bytes: bytes, payloads: list[bytes], flags: int,
+                       version: int = PLAIN_VERSION) -> bytes:
     """The fixed header for these sections (meta as stored), including their SHA-256."""
     digest = hashlib.sha256(meta_bytes)
     for data in payloads:
         digest.update(data)
     blob_len = sum(len(d) for d in payloads)
-    return _HEADER.pack(MAGIC, FORMAT_VERSION, flags, len(meta_bytes), blob_len, digest.digest())
+    return _HEADER.pack(MAGIC, version, flags, len(meta_bytes), blob_len, digest.digest())
 
 
-def encode_container(meta: Mapping[str, Any], blobs: Mapping[str, bytes]) -> bytes:
-    """Serialise ``meta`` and named ``blobs`` into container bytes (see the module docstring)."""
+def encode_container(meta: Mapping[str, Any], blobs: Mapping[str, bytes], compact: bool = False) -> bytes:
+    """Serialise ``meta`` and named ``blobs`` into container bytes (see the module docstring);
+    ``compact`` allows the version-2 dictionary-compressed meta section."""
     meta_bytes, payloads = _prepare(meta, blobs)
-    meta_bytes, flags = _pack_meta(meta_bytes)
-    return b"".join([_header_and_digest(meta_bytes, payloads, flags), meta_bytes, *payloads])
+    meta_bytes, flags, version = _pack_meta(meta_bytes, compact)
+    return b"".join([_header_and_digest(meta_bytes, payloads, flags, version), meta_bytes, *payloads])
 
 
-def write_container(path: str | os.PathLike[str], meta: Mapping[str, Any], blobs: Mapping[str, bytes]) -> int:
-    """Write a container atomically to ``path``; returns the file size in bytes."""
+def write_container(path: str | os.PathLike[str], meta: Mapping[str, Any], blobs: Mapping[str, bytes],
+                    compact: bool = False) -> int:
+    """Write a container atomically to ``path``; returns the file size in bytes (``compact``: see
+    :func:`encode_container`)."""
     meta_bytes, payloads = _prepare(meta, blobs)
-    meta_bytes, flags = _pack_meta(meta_bytes)
-    header = _header_and_digest(meta_bytes, payloads, flags)
+    meta_bytes, flags, version = _pack_meta(meta_bytes, compact)
+    header = _header_and_digest(meta_bytes, payloads, flags, version)
     with atomic_writer(path) as fh:
         fh.write(header)
         fh.write(meta_bytes)
@@ -169,8 +212,9 @@ def _parse_header(head: bytes, file_size: int, source: str) -> tuple[int, int, i
         )
     if version < 1:
         raise CorruptArtifactError(f"{source}: invalid format version {version}")
-    if flags & ~FLAG_META_ZLIB:
-        raise CorruptArtifactError(f"{source}: unknown header flags 0x{flags:04x}")
+    known = FLAG_META_ZLIB | (FLAG_META_DICT if version >= 2 else 0)
+    if flags & ~known or flags == FLAG_META_ZLIB | FLAG_META_DICT:
+        raise CorruptArtifactError(f"{source}: unknown header flags 0x{flags:04x} for format version {version}")
     if meta_len > MAX_META_BYTES:
         raise CorruptArtifactError(
             f"{source}: declared meta length {meta_len} exceeds the {MAX_META_BYTES}-byte limit"

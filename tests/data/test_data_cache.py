@@ -129,7 +129,7 @@ def test_mnist1d_is_generated_offline_without_touching_global_rng(
     np_before = np.random.get_state()[1].copy()
     py_before = random.getstate()
 
-    s = load("mnist1d")
+    load("mnist1d")
 
     assert np.array_equal(np.random.get_state()[1], np_before) and random.getstate() == py_before
     assert os.listdir(tmp_path) == []  # mnist1d's own get_dataset would have written a pickle here
