@@ -216,7 +216,7 @@ def run_recovery(seeds: list[int], quick: bool) -> list[str]:
     ]
 
 
-def ddp_worker(out: Path, epochs: int, seed: int) -> None:
+def ddp_worker(out: Path, epochs: int, seed: int, batch: int) -> None:
     """One rank of the DDP comparison (run by torchrun): train LeNet-5, rank 0 writes accuracy and time."""
     from deepshrink.core.fileio import atomic_write_text
     from deepshrink.train.distributed import is_main_process
@@ -225,46 +225,59 @@ def ddp_worker(out: Path, epochs: int, seed: int) -> None:
     torch.manual_seed(seed)
     model = create("lenet5", conv_relu=True)
     start = time.perf_counter()
-    Trainer(model, LENET.replace(epochs=epochs, seed=seed), progress=False, device="cpu").fit(data.train)
+    Trainer(model, LENET.replace(epochs=epochs, seed=seed, batch_size=batch), progress=False,
+            device="cpu").fit(data.train)
     fit_s = time.perf_counter() - start
     if is_main_process():
         acc = 100 * evaluate(model.eval(), data.test).accuracy
         atomic_write_text(out, json.dumps({"accuracy": acc, "fit_s": fit_s}))
 
 
-def run_ddp(seeds: list[int], quick: bool, threads: int) -> list[str]:
+def _ddp_run(nproc: int, threads: int, epochs: int, seed: int, batch: int) -> tuple[float, float, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+        env.update(OMP_NUM_THREADS=str(max(1, threads // nproc)), DEEPSHRINK_PROGRESS="0")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               __file__, "--ddp-worker", str(out), "--epochs", str(epochs), "--seed", str(seed),
+               "--batch", str(batch)]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, env=env, check=True)
+        wall = time.perf_counter() - t0
+        got = json.loads(out.read_text())
+    return got["accuracy"], got["fit_s"], wall
+
+
+def run_ddp(seeds: list[int], quick: bool, threads: int, batches: list[int]) -> list[str]:
     epochs = 1 if quick else LENET.epochs
-    rows, res = [], {}
+    rows, verdicts = [], []
     start = time.perf_counter()
-    for nproc in (1, 2):
+    for batch in batches:
+        res: dict[int, list[tuple[float, float, float]]] = {1: [], 2: []}
         for seed in seeds:
-            with tempfile.TemporaryDirectory() as tmp:
-                out = Path(tmp) / "result.json"
-                env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-                env.update(OMP_NUM_THREADS=str(max(1, threads // nproc)), DEEPSHRINK_PROGRESS="0")
-                cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                       __file__, "--ddp-worker", str(out), "--epochs", str(epochs), "--seed", str(seed)]
-                t0 = time.perf_counter()
-                subprocess.run(cmd, env=env, check=True)
-                wall = time.perf_counter() - t0
-                got = json.loads(out.read_text())
-            res.setdefault(nproc, []).append((got["accuracy"], got["fit_s"], wall))
-            log(f"ddp nproc={nproc} seed {seed}: {got['accuracy']:.2f}% fit {got['fit_s']:.1f} s, wall {wall:.1f} s")
-    for nproc, vals in res.items():
-        acc, fit, wall = ([v[i] for v in vals] for i in range(3))
-        rows.append([str(nproc), str(max(1, threads // nproc)), f"{mean_std(acc)[0]:.2f} +- {mean_std(acc)[1]:.2f}",
-                     f"{mean_std(fit)[0]:.1f}", f"{mean_std(wall)[0]:.1f}"])
-    acc1, acc2 = (mean_std([v[0] for v in res[n]])[0] for n in (1, 2))
-    fit1, fit2 = (mean_std([v[1] for v in res[n]])[0] for n in (1, 2))
+            for nproc in (1, 2):  # alternated, so a slow spell of the machine hits both arms
+                res[nproc].append(_ddp_run(nproc, threads, epochs, seed, batch))
+                acc, fit, wall = res[nproc][-1]
+                log(f"ddp batch {batch} nproc={nproc} seed {seed}: {acc:.2f}% fit {fit:.1f} s, wall {wall:.1f} s")
+        for nproc, vals in res.items():
+            acc, fit, wall = ([v[i] for v in vals] for i in range(3))
+            rows.append([str(batch), str(nproc), str(max(1, threads // nproc)),
+                         f"{mean_std(acc)[0]:.2f} +- {mean_std(acc)[1]:.2f}", f"{mean_std(fit)[0]:.1f}",
+                         f"{mean_std(wall)[0]:.1f}"])
+        acc1, acc2 = (mean_std([v[0] for v in res[n]])[0] for n in (1, 2))
+        fit1, fit2 = (mean_std([v[1] for v in res[n]])[0] for n in (1, 2))
+        verdicts.append(f"- global batch {batch}: accuracy difference {acc2 - acc1:+.2f} pt (bar within 0.5: "
+                        f"{'yes' if abs(acc2 - acc1) <= 0.5 else 'NO'}); fit time 2 vs 1 process {fit2 / fit1:.2f}x "
+                        f"(bar <= 1: {'yes' if fit2 <= fit1 else 'NO'})")
     return [
         f"### DDP: LeNet-5 on mnist5k under torchrun, 1 vs 2 processes, {len(seeds)} seed(s), {epochs} epoch(s)",
         "",
-        f"Same Trainer code and epochs; batch {LENET.batch_size} is the global batch (split over ranks, gloo "
-        f"all-reduce on CPU); {threads} threads in total, split over the processes.", "",
-        markdown_table(["processes", "threads each", "test accuracy %", "fit s (rank 0)", "wall s (incl. start)"],
-                       rows), "",
-        f"Accuracy difference {acc2 - acc1:+.2f} pt (bar within 0.5: {'yes' if abs(acc2 - acc1) <= 0.5 else 'NO'}); "
-        f"fit time 2 vs 1 process {fit2 / fit1:.2f}x (bar <= 1: {'yes' if fit2 <= fit1 else 'NO'}).", "",
+        f"Same Trainer code and epochs (Adam {LENET.lr:g}, cosine); the batch is the global batch (split over ranks, "
+        f"gloo all-reduce on CPU); {threads} threads in total, split over the processes; the two arms alternate "
+        "seed by seed.", "",
+        markdown_table(["global batch", "processes", "threads each", "test accuracy %", "fit s (rank 0)",
+                        "wall s (incl. start)"], rows), "",
+        *verdicts, "",
         f"Time: {time.perf_counter() - start:.0f} s.", "",
     ]
 
@@ -281,9 +294,12 @@ def main() -> None:
     ap.add_argument("--ddp-worker", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--epochs", type=int, default=LENET.epochs, help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, default=LENET.batch_size, help=argparse.SUPPRESS)
+    ap.add_argument("--ddp-batches", default=str(LENET.batch_size),
+                    help="ddp part: comma list of global batch sizes (default: the LeNet-5 recipe's 64)")
     args = ap.parse_args()
     if args.ddp_worker is not None:
-        ddp_worker(args.ddp_worker, args.epochs, args.seed)
+        ddp_worker(args.ddp_worker, args.epochs, args.seed, args.batch)
         return
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = sorted(set(parts) - set(PARTS))
@@ -302,7 +318,8 @@ def main() -> None:
     if "recovery" in parts:
         lines += run_recovery(seeds, args.quick)
     if "ddp" in parts:
-        lines += run_ddp(seeds, args.quick, args.threads or os.cpu_count() or 1)
+        lines += run_ddp(seeds, args.quick, args.threads or os.cpu_count() or 1,
+                         [int(b) for b in args.ddp_batches.split(",")])
     path = write_result(args.result_name, "\n".join(lines))
     print(f"wrote {path}")
 

@@ -7,6 +7,7 @@ real int8 >= 2x faster than fp32 at batch 64 with 2 threads; artifact int8 <= 26
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import tempfile
@@ -142,6 +143,9 @@ def latency_rows(label: str, model: torch.nn.Module, example: torch.Tensor, cali
         cands["PyTorch int8 dynamic"] = to_int8(model, mode="dynamic").model
         cands["ORT int8 dynamic"] = to_int8(model, calib, backend="onnxruntime", mode="dynamic",
                                             threads=threads, spin=False).model
+    cands["PyTorch fp32 compiled (Inductor, freezing)"] = _compiled_fp32(model, example, threads)
+    cands["PyTorch int8 static (pt2e, Inductor)"] = to_int8(model, calib, backend="inductor", threads=threads,
+                                                            batch_size=len(example)).model
     res = compare_latency(cands, example, rounds=rounds, warmup=max(5, rounds // 10), threads=threads, block=5)
     torch_base, ort_base = res["PyTorch fp32"].median_ms, res["ORT fp32"].median_ms
     rows = []
@@ -158,6 +162,27 @@ def latency_rows(label: str, model: torch.nn.Module, example: torch.Tensor, cali
         prof.append(f"- {label}, {name}: sum of per-node minima {total / 1000:.3f} ms; "
                     + ", ".join(f"{op} `{node}` {t / 1000:.3f}" for node, op, t in nodes[:6]))
     return rows, prof
+
+
+def _compiled_fp32(model: torch.nn.Module, example: torch.Tensor, threads: int) -> object:
+    """The float model through the same compiler (Inductor with freezing): what int8 is gaining over, alone.
+    Compiled at ``threads`` (Inductor fixes the OpenMP thread count of its kernels when it generates them)."""
+    import torch._inductor.config as inductor_config
+
+    compiled = torch.compile(copy.deepcopy(model).eval())
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with inductor_config.patch(freezing=True), torch.inference_mode():
+            compiled(example)
+    finally:
+        torch.set_num_threads(old)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():  # the grad mode it was compiled in: no recompilation without freezing
+            return compiled(x)
+
+    return run
 
 
 def cpu_time_rows(label: str, model: torch.nn.Module, example: torch.Tensor, calib: torch.Tensor,
@@ -213,12 +238,28 @@ def latency_part(models: dict[str, tuple[torch.nn.Module, object]], threads: int
             f"one run, {rounds} rounds)", "",
             "`ORT` = ONNX Runtime (CPU EP, intra_op_num_threads = threads, spinning off; each round times 5 consecutive calls per candidate after one settling call). `ORT int8 static "
             "QDQ`: `backend=\"onnxruntime\"` defaults (min-max calibration on 512 training images, per-channel "
-            "7-bit weights on a CPU without VNNI, convolutions with K < 32 kept fp32). Accuracy: mnist5k test set.",
+            "7-bit weights on a CPU without VNNI, convolutions with K < 32 kept fp32). `pt2e, Inductor`: "
+            "`backend=\"inductor\"` (torch.export, torchao's X86InductorQuantizer with 7-bit activations on a CPU "
+            "without VNNI, Inductor with weight freezing: oneDNN int8 convolution/linear kernels fused with ReLU; "
+            "compiled for batch 64); the float model through the same compiler is listed beside it. "
+            "Accuracy: mnist5k test set.",
             "", markdown_table(["model", "variant", "median ms", "p10-p90", "vs PyTorch fp32", "vs ORT fp32",
-                                "test acc %"], rows), "",
+                                "test acc %"], rows), "", *_int8_verdicts(rows), "",
             "ORT per-node kernel time (minimum over the rounds, ms; slowest first):", "", *prof, "",
             "### CPU time per batch of 64 at 1 thread (median of blocks of 10 calls; robust to a busy machine)", "",
             markdown_table(["model", "variant", "CPU ms", "vs PyTorch fp32", "vs ORT fp32"], cpu_rows), ""]
+
+
+def _int8_verdicts(rows: list[list[str]]) -> list[str]:
+    """Per model: the fastest int8 variant against PyTorch fp32 (bar: >= 2x)."""
+    out = []
+    for label in dict.fromkeys(r[0] for r in rows):
+        int8 = [r for r in rows if r[0] == label and "int8" in r[1]]
+        best = max(int8, key=lambda r: float(r[4].rstrip("x")))
+        speed = float(best[4].rstrip("x"))
+        out.append(f"- {label}: fastest int8 = {best[1]}, {best[4]} vs PyTorch fp32 (bar >= 2x: "
+                   f"{'yes' if speed >= 2 else 'NO'}); vs ORT fp32 {best[5]}")
+    return out
 
 
 def train_latency_models(epochs: int) -> dict[str, tuple[torch.nn.Module, object]]:

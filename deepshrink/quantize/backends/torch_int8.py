@@ -169,7 +169,8 @@ def to_int8(model: nn.Module, calibration_data: Any = None, *, mode: str = "stat
     ``backend``: ``torch`` (``torch.ao.quantization``; ``graph`` is ``fx``, ``eager`` or ``auto`` = FX,
     eager when the model cannot be traced) or ``onnxruntime`` (ONNX export with QDQ nodes run by ORT's
     integer kernels; ``backend_options`` go to ``backends.onnxruntime.to_onnxruntime``, e.g.
-    ``threads``, ``float_layers``).
+    ``threads``, ``float_layers``) or ``inductor`` (torch.export + torchao's X86InductorQuantizer +
+    Inductor with weight freezing: oneDNN int8 kernels; static mode, needs torchao and a C++ compiler).
     """
     if backend == "onnxruntime":
         from deepshrink.quantize.backends.onnxruntime import to_onnxruntime
@@ -180,8 +181,11 @@ def to_int8(model: nn.Module, calibration_data: Any = None, *, mode: str = "stat
                                            per_channel=per_channel, strict=strict, max_batches=max_batches,
                                            **backend_options)
         return Int8Model(module, f"onnxruntime-{mode}", fallbacks)
+    if backend == "inductor":
+        return _inductor(model, calibration_data, mode=mode, observer=observer, per_channel=per_channel,
+                         strict=strict, max_batches=max_batches, **backend_options)
     if backend != "torch":
-        raise ConfigError(f"int8 backend must be torch or onnxruntime, got {backend!r}")
+        raise ConfigError(f"int8 backend must be torch, onnxruntime or inductor, got {backend!r}")
     if backend_options:
         raise ConfigError(f"unknown options for the torch backend: {', '.join(sorted(backend_options))}")
     if mode not in ("static", "dynamic"):
@@ -214,6 +218,30 @@ def to_int8(model: nn.Module, calibration_data: Any = None, *, mode: str = "stat
                     raise ModelError(f"FX graph mode cannot quantize {type(model).__name__}: "
                                      f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         return Int8Model(_eager_static(float_model, qc, batches), "eager", fallbacks)
+
+
+def _inductor(model: nn.Module, calibration_data: Any, *, mode: str, observer: str, per_channel: bool,
+              strict: bool, max_batches: int, **options: Any) -> Int8Model:
+    from deepshrink.quantize.backends.inductor import INDUCTOR_KERNEL_TYPES, to_inductor
+
+    unknown = set(options) - {"reduce_range", "batch_size", "threads"}
+    if unknown:
+        raise ConfigError(f"unknown options for the inductor backend: {', '.join(sorted(unknown))}")
+    if mode != "static":
+        raise ConfigError("the inductor backend runs static int8 only (mode='static'); "
+                          "use backend='onnxruntime' or 'torch' for dynamic quantization")
+    if observer != "minmax" or not per_channel:
+        raise ConfigError("the inductor backend uses torchao's X86 scheme (histogram observer, per-channel "
+                          "weights); observer and per_channel apply to the torch and onnxruntime backends")
+    float_model = _plain_copy(model)
+    for name, p in float_model.state_dict().items():
+        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+            raise ModelError(f"{name}: contains NaN or inf; cannot quantize")
+    fallbacks = _fallbacks(float_model, INDUCTOR_KERNEL_TYPES)
+    if strict and fallbacks:
+        raise ModelError(f"no int8 kernel for: {', '.join(fallbacks)}")
+    batches = _calib_batches(calibration_data, max_batches)
+    return Int8Model(to_inductor(float_model, batches, **options), "inductor", fallbacks)
 
 
 def integer_layers(model: nn.Module) -> list[str]:

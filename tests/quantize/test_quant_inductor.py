@@ -1,0 +1,102 @@
+"""Inductor int8 backend (torch.export + torchao X86InductorQuantizer + Inductor freezing): the generated
+code calls oneDNN's int8 convolution/linear kernels, outputs track the float model at any batch size,
+bad input gives clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from deepshrink.core.errors import ConfigError, DataError, ModelError
+from deepshrink.quantize.backends import to_int8
+
+
+class TinyCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3)
+        self.conv2 = nn.Conv2d(8, 16, 3)
+        self.fc1 = nn.Linear(16 * 5 * 5, 32)
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
+        return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
+
+
+@pytest.fixture(scope="module")
+def converted() -> tuple[nn.Module, torch.Tensor, object, str]:
+    from torch._inductor.utils import run_and_get_code
+
+    torch.manual_seed(0)
+    model = TinyCNN().eval()
+    calib = torch.randn(128, 1, 26, 26)
+    int8, code = run_and_get_code(lambda: to_int8(model, calib, backend="inductor", batch_size=16))
+    return model, calib, int8, "\n".join(code)
+
+
+@pytest.mark.slow
+def test_generated_code_runs_onednn_int8_kernels(converted) -> None:
+    _, _, int8, code = converted
+    assert int8.method == "inductor" and int8.fallbacks == []
+    assert "qconv" in code and "qlinear" in code  # onednn.qconv_pointwise / qlinear_pointwise: integer GEMMs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch", [16, 5, 37])
+def test_outputs_track_the_float_model_at_any_batch_size(converted, batch: int) -> None:
+    model, calib, int8, _ = converted
+    x = calib[:batch]
+    with torch.no_grad():
+        ref, got = model(x), int8(x)
+    assert got.shape == ref.shape
+    err = (got - ref).abs().max() / ref.abs().max()
+    assert 0 < err < 0.1  # quantized (not bit-equal to float), yet close
+    assert (got.argmax(1) == ref.argmax(1)).float().mean() >= 0.9
+
+
+@pytest.mark.slow
+def test_calls_in_any_grad_mode_reuse_the_frozen_graph(converted) -> None:
+    from torch._dynamo.utils import counters
+
+    _, calib, int8, _ = converted
+    before = dict(counters["stats"])
+    int8(calib[:16])
+    with torch.no_grad():
+        int8(calib[:16])
+    with torch.inference_mode():
+        int8(calib[:16])
+    assert dict(counters["stats"]) == before  # no recompilation (it would drop the int8 freezing)
+
+
+@pytest.mark.slow
+def test_the_int8_model_is_inference_only(converted) -> None:
+    int8 = converted[2].model
+    assert int8.eval() is int8
+    with pytest.raises(ModelError, match="inference only"):
+        int8.train()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"mode": "dynamic"}, "static int8 only"),
+    ({"observer": "entropy"}, "histogram observer"),
+    ({"per_channel": False}, "per-channel"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"threads": 0}, "threads"),
+    ({"spin": False}, "unknown options"),
+])
+def test_bad_options_are_clear_errors(kwargs: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        to_int8(TinyCNN().eval(), torch.randn(4, 1, 26, 26), backend="inductor", **kwargs)
+
+
+def test_empty_calibration_and_nan_weights_are_refused() -> None:
+    with pytest.raises(DataError, match="empty"):
+        to_int8(TinyCNN().eval(), torch.empty(0, 1, 26, 26), backend="inductor")
+    bad = TinyCNN().eval()
+    with torch.no_grad():
+        bad.fc1.weight[0, 0] = float("nan")
+    with pytest.raises(ModelError, match="fc1.weight.*NaN"):
+        to_int8(bad, torch.randn(4, 1, 26, 26), backend="inductor")
