@@ -225,7 +225,7 @@ def latency_part(models: dict[str, tuple[torch.nn.Module, object]], threads: int
     rows: list[list[str]] = []
     cpu_rows: list[list[str]] = []
     prof: list[str] = []
-    for name, label in (("lenet5", "lenet5"), ("lenet300", "lenet300 (MLP 784-300-100-10)")):
+    for name, label in LATENCY_MODELS:
         model, data = models[name]
         start = time.perf_counter()
         r, p = latency_rows(label, model.eval(), data.test.tensors[0][:64], data.train.tensors[0][:512], data.test,
@@ -262,13 +262,20 @@ def _int8_verdicts(rows: list[list[str]]) -> list[str]:
     return out
 
 
+# (key, label); the 3x2048 MLP is BinaryConnect's (the MLP the issue names), LeNet-300-100 the small one
+LATENCY_MODELS = (("lenet5", "lenet5"), ("lenet300", "lenet300 (MLP 784-300-100-10)"),
+                  ("mlp2048", "MLP 784-2048-2048-2048-10 (BinaryConnect's)"))
+_LATENCY_ARCH = {"lenet5": ("lenet5", {"conv_relu": True}), "lenet300": ("lenet300", {}),
+                 "mlp2048": ("mlp", {"hidden": (2048, 2048, 2048)})}
+
+
 def train_latency_models(epochs: int) -> dict[str, tuple[torch.nn.Module, object]]:
-    """LeNet-5 (conv ReLU) and LeNet-300-100 trained on mnist5k for the latency part."""
+    """LeNet-5 (conv ReLU), LeNet-300-100 and the 3x2048 MLP trained on mnist5k for the latency part."""
     mnist = load_data("mnist5k")
     out = {}
-    for name, kw in (("lenet5", {"conv_relu": True}), ("lenet300", {})):
+    for name, (arch, kw) in _LATENCY_ARCH.items():
         torch.manual_seed(0)
-        m = create(name, **kw)
+        m = create(arch, **kw)
         Trainer(m, TrainConfig(epochs=epochs, batch_size=64, optimizer="adam", lr=1e-3), progress=False,
                 device="cpu").fit(mnist.train)
         out[name] = (m.eval(), mnist)
