@@ -3,6 +3,9 @@ model, tiny-K convolutions stay float (documented fallback), bad input gives cle
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -12,21 +15,9 @@ from deepshrink.core.errors import ConfigError, DataError, ModelError
 from deepshrink.quantize.backends import to_int8
 from deepshrink.quantize.backends.onnxruntime import INTEGER_OPS, auto_float_layers, to_onnxruntime
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-class TinyCNN(nn.Module):
-    """LeNet-shaped: grey input (conv1 has K = 9), a K = 72 conv, max-pools, two Linear layers."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 8, 3)
-        self.conv2 = nn.Conv2d(8, 16, 3)
-        self.fc1 = nn.Linear(16 * 5 * 5, 32)
-        self.fc2 = nn.Linear(32, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
-        x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
-        return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
+from quant_models import TinyCNN  # noqa: E402
 
 
 @pytest.fixture(scope="module")
