@@ -138,7 +138,9 @@ def test_sigkill_during_checkpointing_never_damages_the_previous_checkpoint(tmp_
 
 def test_resume_after_sigkill_mid_training_reaches_the_same_weights(tmp_path):
     data = _tiny_data(256)
-    cfg = TrainConfig(epochs=4, batch_size=16, lr=0.05, seed=3)
+    # 30 short epochs: after the first checkpoint appears, the kill must land before the child finishes
+    # even when the parent wakes late on a loaded machine (4 epochs once finished first in CI)
+    cfg = TrainConfig(epochs=30, batch_size=16, lr=0.05, seed=3)
     reference = _tiny_model()
     Trainer(reference, cfg, device="cpu", progress=False).fit(data)
     ckpt = tmp_path / "ckpt.pt"
