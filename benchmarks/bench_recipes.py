@@ -33,9 +33,9 @@ RECIPES = ROOT / "recipes"
 
 # What each recipe claims (benchmarks/RESULTS.md; mean +- std over 3 seeds unless said), and the paper.
 CLAIMS: dict[str, dict] = {
-    "deep_compression_lenet300": {"acc": (95.57, 0.21), "ratio": (97.6, 0.3), "seed0_bytes": 10900,
+    "deep_compression_lenet300": {"acc": (95.50, 0.20), "ratio": (97.8, 0.5), "seed0_bytes": 10839,
                                   "paper": "Han 2016: 40x, 1.64% -> 1.58% error"},
-    "deep_compression_lenet5": {"acc": (97.53, 0.25), "ratio": (63.3, 0.3), "seed0_bytes": 27091,
+    "deep_compression_lenet5": {"acc": (97.67, 0.31), "ratio": (63.3, 0.1), "seed0_bytes": 27209,
                                 "paper": "Han 2016: 39x, 0.80% -> 0.74% error"},
     "deep_compression_lenet300_paper": {"acc": (95.43, 0.50), "ratio": (36.5, 0.2), "seed0_bytes": 29238,
                                         "paper": "Han 2016 Table 2: 40x"},
