@@ -77,6 +77,15 @@ def _plain_copy(model: nn.Module) -> nn.Module:
     return m
 
 
+def _quantizable_copy(model: nn.Module) -> nn.Module:
+    """The plain float copy to quantize, refused when a weight holds NaN or inf."""
+    m = _plain_copy(model)
+    for name, p in m.state_dict().items():
+        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+            raise ModelError(f"{name}: contains NaN or inf; cannot quantize")
+    return m
+
+
 def _calib_batches(data: Any, max_batches: int) -> list[torch.Tensor]:
     if data is None:
         raise DataError("static int8 conversion needs calibration_data")
@@ -192,10 +201,7 @@ def to_int8(model: nn.Module, calibration_data: Any = None, *, mode: str = "stat
         raise ConfigError(f"int8 mode must be static or dynamic, got {mode!r}")
     if graph not in ("auto", "fx", "eager"):
         raise ConfigError(f"graph must be auto, fx or eager, got {graph!r}")
-    float_model = _plain_copy(model)
-    for name, p in float_model.state_dict().items():
-        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
-            raise ModelError(f"{name}: contains NaN or inf; cannot quantize")
+    float_model = _quantizable_copy(model)
     with _quiet_engine(engine):
         if mode == "dynamic":
             import torch.ao.quantization as tq
@@ -233,10 +239,7 @@ def _inductor(model: nn.Module, calibration_data: Any, *, mode: str, observer: s
     if observer != "minmax" or not per_channel:
         raise ConfigError("the inductor backend uses torchao's X86 scheme (histogram observer, per-channel "
                           "weights); observer and per_channel apply to the torch and onnxruntime backends")
-    float_model = _plain_copy(model)
-    for name, p in float_model.state_dict().items():
-        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
-            raise ModelError(f"{name}: contains NaN or inf; cannot quantize")
+    float_model = _quantizable_copy(model)
     fallbacks = _fallbacks(float_model, INDUCTOR_KERNEL_TYPES)
     if strict and fallbacks:
         raise ModelError(f"no int8 kernel for: {', '.join(fallbacks)}")
