@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -112,18 +111,6 @@ def all_reduce_sum(values: torch.Tensor, ctx: DistContext | None) -> torch.Tenso
     out = values.clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
-
-
-def all_reduce_sum_async(values: torch.Tensor, ctx: DistContext) -> Callable[[], torch.Tensor]:
-    """Start summing ``values`` over ranks; the returned function waits and gives the sum."""
-    out = values.clone()
-    work = dist.all_reduce(out, op=dist.ReduceOp.SUM, async_op=True)
-
-    def result() -> torch.Tensor:
-        work.wait()
-        return out
-
-    return result
 
 
 def gather_rng_states(state: torch.Tensor, ctx: DistContext | None) -> torch.Tensor:

@@ -1,12 +1,12 @@
 """Real int8 execution through PyTorch 2's export + Inductor path (torchao pt2e, X86InductorQuantizer).
 
-The model is exported with ``torch.export`` (batch dimension dynamic), annotated by torchao's
+The model is exported with ``torch.export`` for one batch size (static shapes), annotated by torchao's
 ``X86InductorQuantizer`` (uint8 activations with a histogram observer, per-channel symmetric int8
 weights; per-tensor weights are not offered), calibrated, converted to quantize/dequantize patterns and compiled by Inductor with
 weight freezing, which lowers the patterns to oneDNN's int8 convolution and linear kernels fused
 with their ReLU and requantization. This replaces ``torch.ao.quantization``'s FX path, deprecated in
 favour of torchao. Needs the ``torchao`` package and a C++ compiler (Inductor generates and builds
-C++ on first call, a few seconds per input shape).
+C++ once, at conversion: about 10 s for LeNet-5).
 """
 
 from __future__ import annotations
