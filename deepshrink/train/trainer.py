@@ -28,7 +28,7 @@ from deepshrink.core.errors import ConfigError, DeepShrinkError
 from deepshrink.core.fileio import atomic_writer
 from deepshrink.core.guards import check_gradients, check_weights
 from deepshrink.core.progress import track
-from deepshrink.train import distributed
+from deepshrink.train import distributed, shm_allreduce
 from deepshrink.train.distributed import DistContext
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -229,7 +229,11 @@ class Trainer:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(self.model, device_ids=ids, gradient_as_bucket_view=True)
+        ddp = DistributedDataParallel(self.model, device_ids=ids, gradient_as_bucket_view=True)
+        if ctx.backend == "gloo" and shm_allreduce.wanted(ctx.world_size):
+            numel = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+            shm_allreduce.SharedMemoryAllReduce(numel).register(ddp)
+        return ddp
 
     def _save_checkpoint(self, epoch: int, steps: int, opt, sched, history: list[float],
                          ctx: DistContext | None = None) -> None:

@@ -19,7 +19,7 @@ torch.set_num_threads(1)
 import deepshrink.train.trainer as trainer_module  # noqa: E402
 from deepshrink.core.errors import DeepShrinkError  # noqa: E402
 from deepshrink.distill import DistillConfig, FeatureLink, distill  # noqa: E402
-from deepshrink.train import TrainConfig, Trainer  # noqa: E402
+from deepshrink.train import TrainConfig, Trainer, shm_allreduce  # noqa: E402
 
 WRITES: list[str] = []
 _real_writer = trainer_module.atomic_writer
@@ -33,6 +33,17 @@ def _logging_writer(path):  # records every checkpoint write this rank makes
 
 
 trainer_module.atomic_writer = _logging_writer
+
+SHM_CALLS = [0]
+_real_average = shm_allreduce.SharedMemoryAllReduce.average
+
+
+def _counting_average(self, grad):  # records that gradients went through shared memory
+    SHM_CALLS[0] += 1
+    return _real_average(self, grad)
+
+
+shm_allreduce.SharedMemoryAllReduce.average = _counting_average
 
 
 def blobs(n: int, seed: int = 0) -> TensorDataset:
@@ -84,6 +95,7 @@ def main(out: Path) -> None:
         "full": full.state_dict(), "mini": mini.state_dict(), "student": student.state_dict(),
         "full_history": torch.tensor(res_full.history, dtype=torch.float64),
         "mini_steps": res_mini.steps, "writes": list(WRITES), "diverged": diverged,
+        "shm_calls": SHM_CALLS[0],
     }, out / f"rank{rank}.pt")
 
 

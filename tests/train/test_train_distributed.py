@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -20,17 +21,22 @@ sys.path.insert(0, str(HERE))
 import ddp_worker  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, Path]:
+# every assertion below holds for both ways of averaging gradients: shared memory (auto, on x86-64) and gloo
+@pytest.fixture(scope="module", params=["auto", "gloo"])
+def two_ranks(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, Path]:
     out = tmp_path_factory.mktemp("ddp")
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
+    env["DEEPSHRINK_DDP_COMM"] = request.param
     env["DEEPSHRINK_PROGRESS"] = "0"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(HERE / "ddp_worker.py"), str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    shm_expected = request.param == "auto" and platform.machine().lower() in ("x86_64", "amd64")
+    for r in ranks:  # the path under test is the one that ran
+        assert (r["shm_calls"] > 0) == shm_expected, (request.param, r["shm_calls"])
     return ranks[0], ranks[1], out
 
 

@@ -1,0 +1,76 @@
+"""The shared-memory gradient averaging used under DDP on one host (two-rank runs: test_train_distributed)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from deepshrink.core.errors import ConfigError, DeepShrinkError
+from deepshrink.train import shm_allreduce
+
+
+@pytest.fixture
+def one_rank_group(tmp_path):
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_one_rank_average_is_identity_and_leaves_no_file(one_rank_group):
+    before = set(shm_allreduce._shm_dir().glob("deepshrink-ddp-*"))
+    state = shm_allreduce.SharedMemoryAllReduce(numel=10)
+    assert set(shm_allreduce._shm_dir().glob("deepshrink-ddp-*")) == before  # names removed once mapped
+    g = torch.arange(6, dtype=torch.float32)
+    assert torch.equal(state.average(g.clone()), g)
+    assert state.calls == 1
+
+
+def test_average_sums_every_slot_and_divides(one_rank_group):
+    state = shm_allreduce.SharedMemoryAllReduce(numel=8)
+    # pretend to be rank 0 of 2 whose peer already published call 1 (parity 1) with known values
+    state.world = 2
+    state.slots = torch.zeros(2, 2, 8)
+    state.flags = torch.tensor([0, 1], dtype=torch.int64)
+    state.slots[1, 1, :4] = torch.tensor([1.0, 3.0, 5.0, 7.0])
+    out = state.average(torch.tensor([3.0, 1.0, -1.0, 1.0]))
+    assert torch.equal(out, torch.tensor([2.0, 2.0, 2.0, 4.0]))
+    assert state.flags.tolist() == [1, 1]
+
+
+def test_a_peer_that_never_publishes_is_a_clear_error(one_rank_group):
+    state = shm_allreduce.SharedMemoryAllReduce(numel=4, timeout_s=0.05)
+    state.world, state.slots = 2, torch.zeros(2, 2, 4)
+    state.flags = torch.zeros(2, dtype=torch.int64)
+    with pytest.raises(DeepShrinkError, match="rank 0 waited .* other ranks"):
+        state.average(torch.ones(4))
+
+
+def test_a_bucket_larger_than_the_buffer_is_refused(one_rank_group):
+    state = shm_allreduce.SharedMemoryAllReduce(numel=4)
+    with pytest.raises(DeepShrinkError, match="bucket of 5 values exceeds"):
+        state.average(torch.ones(5))
+
+
+@pytest.mark.parametrize(("mode", "machine", "local", "expected"), [
+    ("auto", "x86_64", "2", True), ("auto", "x86_64", "1", False), ("auto", "aarch64", "2", False),
+    ("auto", "x86_64", None, False), ("gloo", "x86_64", "2", False), ("shm", "x86_64", "2", True),
+])
+def test_when_shared_memory_is_used(monkeypatch, mode, machine, local, expected):
+    monkeypatch.setenv("DEEPSHRINK_DDP_COMM", mode)
+    monkeypatch.setattr(shm_allreduce.platform, "machine", lambda: machine)
+    if local is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+    assert shm_allreduce.wanted(2) is expected
+
+
+@pytest.mark.parametrize(("mode", "local"), [("nccl", "2"), ("shm", "1")])
+def test_bad_comm_setting_is_a_clear_error(monkeypatch, mode, local):
+    monkeypatch.setenv("DEEPSHRINK_DDP_COMM", mode)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+    monkeypatch.setattr(shm_allreduce.platform, "machine", lambda: "x86_64")
+    with pytest.raises(ConfigError, match="DEEPSHRINK_DDP_COMM"):
+        shm_allreduce.wanted(2)
