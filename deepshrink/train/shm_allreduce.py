@@ -4,13 +4,14 @@ DDP on CPU averages gradients with gloo, which sends them over loopback TCP from
 small machine those threads compete with the training threads for the same cores: on 2 cores, gloo's
 all-reduce of LeNet-5's 1.7 MB of gradients costs ~6 ms of a ~30 ms step, more than two processes save
 over one. When every rank runs on this host, :class:`SharedMemoryAllReduce` replaces it with a DDP
-communication hook that copies each gradient bucket into a shared-memory slot, waits until every rank has
-published the same bucket, and sums the slots in the calling thread: no extra threads, no sockets.
+communication hook that copies each gradient bucket into this rank's shared-memory slot as it becomes
+ready and, at the step's last bucket, synchronises once with the other ranks and sums their slots in the
+calling thread: no extra threads, no sockets, one wait per step.
 
-Protocol (bucket calls are numbered c = 1, 2, ... identically on every rank, as DDP's buckets are):
-rank r writes slot[c % 2][r], then sets flag[r] = c, waits until every flag >= c and reads all slots of
-parity c % 2. A rank writes parity c % 2 again only at call c + 2, after every rank published call c + 1,
-which each does only after it finished reading call c; so two parities suffice. The flag store must
+Protocol (exchanges c = 1, 2, ..., one per step, identical on every rank as DDP's buckets are): rank r
+writes slot[c % 2][r], then sets flag[r] = c, waits until every flag >= c and reads all slots of parity
+c % 2. A rank writes parity c % 2 again only for exchange c + 2, after every rank published c + 1, which
+each does only after it finished reading exchange c; so two parities suffice. The flag store must
 become visible after the slot stores: x86-64's total store order guarantees that, so the hook is used
 only there (elsewhere, and across hosts, DDP keeps gloo).
 """
@@ -90,6 +91,9 @@ class SharedMemoryAllReduce:
         if not ok.item():
             raise DeepShrinkError(f"distributed: cannot share memory between ranks through {path.parent}")
         self.slots = buf.view(2, self.world, self.numel)
+        self.pending: list[tuple[torch.Tensor, int]] = []
+        self.used = 0
+        self.futures: list[torch.futures.Future[torch.Tensor]] = []
 
     def _wait(self, call: int) -> None:
         spins, start = 0, time.monotonic()
@@ -102,24 +106,46 @@ class SharedMemoryAllReduce:
                                         "ranks' gradients (a rank stopped or diverged in its steps)")
 
     def average(self, grad: torch.Tensor) -> torch.Tensor:
-        """Replace ``grad`` (a flat bucket) in place by its mean over ranks, and return it."""
+        """Replace ``grad`` (a flat tensor) in place by its mean over ranks, and return it."""
+        self.publish(grad)
+        return self.collect()[0]
+
+    def publish(self, grad: torch.Tensor) -> None:
+        """Copy ``grad`` into this rank's slot of the current exchange (more may follow before collect)."""
         n = grad.numel()
-        if n > self.numel:
-            raise DeepShrinkError(f"distributed: gradient bucket of {n} values exceeds the shared buffer ({self.numel})")
+        if self.used + n > self.numel:
+            raise DeepShrinkError(f"distributed: gradient buckets of {self.used + n} values exceed the shared "
+                                  f"buffer ({self.numel})")
+        slot = self.slots[(self.calls + 1) % 2, self.rank, self.used:self.used + n]
+        slot.copy_(grad.reshape(-1))
+        self.pending.append((grad, self.used))
+        self.used += n
+
+    def collect(self) -> list[torch.Tensor]:
+        """Publish this rank's slot, wait for every rank's, and average each published tensor in place."""
         self.calls += 1
-        slots = self.slots[self.calls % 2, :, :n]
-        slots[self.rank].copy_(grad.reshape(-1))
         self.flags[self.rank] = self.calls
         self._wait(self.calls)
-        torch.sum(slots, 0, out=grad.view(-1))
-        return grad.div_(self.world)
+        slots = self.slots[self.calls % 2]
+        out = []
+        for grad, start in self.pending:
+            torch.sum(slots[:, start:start + grad.numel()], 0, out=grad.view(-1))
+            out.append(grad.div_(self.world))
+        self.pending, self.used = [], 0
+        return out
 
     def register(self, ddp: torch.nn.parallel.DistributedDataParallel) -> None:
         ddp.register_comm_hook(self, shared_memory_hook)
 
 
 def shared_memory_hook(state: SharedMemoryAllReduce, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-    """DDP communication hook (real annotations: DDP checks them): average the bucket through ``state``."""
+    """DDP communication hook (real annotations: DDP checks them). Buckets are copied as they become ready;
+    at the step's last bucket the ranks synchronise once and every bucket's future completes."""
     fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
-    fut.set_result(state.average(bucket.buffer()))
+    state.publish(bucket.buffer())
+    state.futures.append(fut)
+    if bucket.is_last():
+        futures, state.futures = state.futures, []
+        for f, grad in zip(futures, state.collect(), strict=True):
+            f.set_result(grad)
     return fut

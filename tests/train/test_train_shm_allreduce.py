@@ -49,7 +49,7 @@ def test_a_peer_that_never_publishes_is_a_clear_error(one_rank_group):
 
 def test_a_bucket_larger_than_the_buffer_is_refused(one_rank_group):
     state = shm_allreduce.SharedMemoryAllReduce(numel=4)
-    with pytest.raises(DeepShrinkError, match="bucket of 5 values exceeds"):
+    with pytest.raises(DeepShrinkError, match="buckets of 5 values exceed"):
         state.average(torch.ones(5))
 
 
@@ -74,3 +74,18 @@ def test_bad_comm_setting_is_a_clear_error(monkeypatch, mode, local):
     monkeypatch.setattr(shm_allreduce.platform, "machine", lambda: "x86_64")
     with pytest.raises(ConfigError, match="DEEPSHRINK_DDP_COMM"):
         shm_allreduce.wanted(2)
+
+
+def test_buckets_published_one_by_one_are_averaged_in_one_exchange(one_rank_group):
+    state = shm_allreduce.SharedMemoryAllReduce(numel=8)
+    state.world, state.slots = 2, torch.zeros(2, 2, 8)
+    state.flags = torch.tensor([0, 1], dtype=torch.int64)
+    state.slots[1, 1, :5] = torch.tensor([1.0, 1.0, 1.0, 10.0, 20.0])  # the peer's two buckets, back to back
+    a, b = torch.tensor([3.0, 5.0, 7.0]), torch.tensor([0.0, 2.0])
+    state.publish(a)
+    state.publish(b)
+    assert state.flags.tolist() == [0, 1]  # nothing is published before collect: one sync per step
+    out = state.collect()
+    assert out[0] is a and out[1] is b
+    assert torch.equal(a, torch.tensor([2.0, 3.0, 4.0])) and torch.equal(b, torch.tensor([5.0, 11.0]))
+    assert state.flags.tolist() == [1, 1] and state.used == 0
