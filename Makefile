@@ -30,7 +30,7 @@ $(VENV)/.stamp-dev: $(VENV)/.stamp-base pyproject.toml
 venv: $(VENV)/.stamp-base
 
 demo: $(VENV)/.stamp-base
-	$(VENV)/bin/deepshrink demo --out $(OUT)
+	$(VENV)/bin/deepshrink demo --out $(OUT) --threads 1
 
 test: $(VENV)/.stamp-dev
 	$(PY) -m pytest -q

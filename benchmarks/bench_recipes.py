@@ -75,6 +75,7 @@ def run_one(path: Path, out: Path, quick: bool, weights: Path | None, threads: i
         cmd += ["--weights", str(weights)]
     env = {**os.environ, "DEEPSHRINK_PROGRESS": "0"}
     if threads:
+        cmd += ["--threads", str(threads)]
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)

@@ -7,12 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from deepshrink.commands._common import EXIT_OK, console
+from deepshrink.commands._common import EXIT_OK, add_threads_option, apply_threads, console
+
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from deepshrink.demo import run_demo
 
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    apply_threads(args.threads)
     report = run_demo(args.out, seed=args.seed, quick=args.quick, models=models, recipe_name=args.recipe,
                       reuse=not args.no_reuse)
     if args.json:
@@ -55,4 +57,5 @@ def register(sub: Any) -> None:
     demo.add_argument("--models", default="lenet300,lenet5", help="comma-separated zoo models")
     demo.add_argument("--no-reuse", action="store_true", help="retrain baselines even if a cached one matches")
     demo.add_argument("--json", action="store_true", help="print report.json instead of tables")
+    add_threads_option(demo)
     demo.set_defaults(handler=cmd_demo)

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from deepshrink.commands._common import EXIT_OK, EXIT_USAGE, console
+from deepshrink.commands._common import EXIT_OK, EXIT_USAGE, add_threads_option, apply_threads, console
 
 
 def print_run(report: dict[str, Any], out: str | None) -> None:
@@ -76,6 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.weights and not args.model and not recipe.model:
         print("error: --weights needs --model (or model: in the recipe)", file=sys.stderr)
         return EXIT_USAGE
+    apply_threads(args.threads)
     out = args.out or f"out/run/{recipe.name}"
     model_args = json.loads(args.model_args) if args.model_args else None
     result = run_recipe(recipe, model=args.model, model_args=model_args, data=args.data, weights=args.weights,
@@ -116,4 +117,5 @@ def register(sub: Any) -> None:
     run.add_argument("--latency", action="store_true", help="also measure latency of every stage")
     run.add_argument("--no-progress", action="store_true", help="no progress bars or stage lines")
     run.add_argument("--json", action="store_true", help="print the report as JSON (without histograms)")
+    add_threads_option(run)
     run.set_defaults(handler=cmd_run)
