@@ -9,11 +9,12 @@ from deepshrink.distill.losses import (
     feature_loss,
     hidden_state_loss,
     kd_loss,
+    logit_matching_loss,
     soft_target_loss,
 )
 
 __all__ = [
     "FEATURE_LOSSES", "DistillConfig", "Distiller", "FeatureLink", "attention_map", "attention_matrix_loss",
     "attention_transfer_loss", "distill", "feature_loss", "find_module", "hidden_state_loss", "kd_loss",
-    "logits_of", "make_adapter", "soft_target_loss",
+    "logit_matching_loss", "logits_of", "make_adapter", "soft_target_loss",
 ]

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from deepshrink.core.errors import ConfigError
+from deepshrink.distill.losses import SOFT_LOSSES
 from deepshrink.train.trainer import TrainConfig
 
 FEATURE_LOSSES = ("mse", "cosine", "attention")
@@ -48,7 +49,8 @@ class DistillConfig:
     """Settings of one distillation run.
 
     ``temperature`` softens both softmaxes; ``alpha`` is the weight of the soft (teacher) loss, ``1 - alpha``
-    that of the hard-label cross-entropy; ``features`` adds intermediate-layer losses; ``train`` holds the
+    that of the hard-label cross-entropy; ``soft_loss`` is that teacher term: ``kl`` (Hinton's ``T^2 * KL``)
+    or ``logit_mse`` (Ba & Caruana's regression on the logits, ``temperature`` unused); ``features`` adds intermediate-layer losses; ``train`` holds the
     optimizer, schedule, epochs and seed used by the shared trainer. ``cache_teacher`` computes the teacher's
     outputs once per training sample and reuses them every epoch: only valid when the samples are fixed
     (a plain ``TensorDataset``-like dataset with no random augmentation) and the teacher is deterministic
@@ -60,6 +62,7 @@ class DistillConfig:
     features: tuple[FeatureLink, ...] = ()
     train: TrainConfig = field(default_factory=TrainConfig)
     cache_teacher: bool = False
+    soft_loss: str = "kl"
 
     def __post_init__(self) -> None:
         t = self.temperature
@@ -80,5 +83,7 @@ class DistillConfig:
         object.__setattr__(self, "features", feats)
         if not isinstance(self.train, TrainConfig):
             raise ConfigError(f"distill: train must be a TrainConfig, got {type(self.train).__name__}")
+        if self.soft_loss not in SOFT_LOSSES:
+            raise ConfigError(f"distill: soft_loss must be one of {', '.join(SOFT_LOSSES)}, got {self.soft_loss!r}")
         if not isinstance(self.cache_teacher, bool):
             raise ConfigError(f"distill: cache_teacher must be True or False, got {self.cache_teacher!r}")

@@ -227,7 +227,7 @@ class Distiller(nn.Module):
             t_logits, t_feats = self.teacher_outputs(x)
         output, s_feats = model(x)
         cfg = self.config
-        total = kd_loss(logits_of(output), t_logits, targets, cfg.temperature, cfg.alpha)
+        total = kd_loss(logits_of(output), t_logits, targets, cfg.temperature, cfg.alpha, cfg.soft_loss)
         for link, sf, tf in zip(cfg.features, s_feats, t_feats):
             if link.loss == "attention":
                 total = total + link.weight * attention_transfer_loss(sf, tf)

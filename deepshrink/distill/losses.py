@@ -1,6 +1,8 @@
 """Distillation losses as plain functions of tensors, usable from any training loop.
 
-- ``kd_loss``: Hinton et al. 2015, ``alpha * T^2 * KL(p_T(teacher) || p_T(student)) + (1 - alpha) * CE``.
+- ``kd_loss``: Hinton et al. 2015, ``alpha * T^2 * KL(p_T(teacher) || p_T(student)) + (1 - alpha) * CE``,
+  or with ``soft="logit_mse"`` the logit regression of Ba & Caruana 2014 in place of the KL term.
+- ``logit_matching_loss``: ``||z - v||^2 / (2C)`` between student and teacher logits (pre-softmax).
 - ``feature_loss``: FitNets-style hint loss (MSE) or cosine distance between matched features.
 - ``attention_transfer_loss``: Zagoruyko & Komodakis 2017, squared distance of normalized spatial maps.
 - ``hidden_state_loss`` / ``attention_matrix_loss``: TinyBERT (MSE) and MiniLM (KL) transformer losses.
@@ -44,20 +46,43 @@ def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     return F.kl_div(s, t, reduction="batchmean", log_target=True) * (temperature * temperature)
 
 
+def logit_matching_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """``sum_c (z_c - v_c)^2 / (2C)`` per sample (``C`` classes), averaged over samples (leading dims).
+
+    Regression on the teacher's logits (Ba & Caruana 2014). The ``1/(2C)`` scale makes it the
+    high-temperature limit of ``T^2 * KL`` for zero-mean logits (Hinton et al. 2015), so ``alpha``
+    weighs it like the KL term. Logits keep the teacher's margins where its softmax is saturated.
+    """
+    _same_shape(student_logits, teacher_logits, "logit matching")
+    classes = student_logits.shape[-1]
+    diff = student_logits.reshape(-1, classes) - teacher_logits.detach().reshape(-1, classes).to(
+        student_logits.dtype)
+    return diff.pow(2).sum(-1).mean() / (2 * classes)
+
+
+SOFT_LOSSES = ("kl", "logit_mse")
+
+
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor | None,
-            temperature: float, alpha: float) -> torch.Tensor:
+            temperature: float, alpha: float, soft: str = "kl") -> torch.Tensor:
     """Hinton's distillation loss: ``alpha * T^2 * KL(soft teacher || soft student) + (1 - alpha) * CE``.
 
-    ``targets`` may be None (no labels: pure soft-target loss, as if ``alpha == 1``). The teacher logits
-    are detached, so gradients reach only the student.
+    ``soft="logit_mse"`` uses ``logit_matching_loss`` as the teacher term instead (``temperature`` is then
+    unused). ``targets`` may be None (no labels: pure soft-target loss, as if ``alpha == 1``). The teacher
+    logits are detached, so gradients reach only the student.
     """
     _check_temperature_alpha(temperature, alpha)
-    soft = soft_target_loss(student_logits, teacher_logits, temperature)
+    if soft == "kl":
+        soft_term = soft_target_loss(student_logits, teacher_logits, temperature)
+    elif soft == "logit_mse":
+        soft_term = logit_matching_loss(student_logits, teacher_logits)
+    else:
+        raise ConfigError(f"kd_loss: soft must be one of {', '.join(SOFT_LOSSES)}, got {soft!r}")
     if targets is None or alpha == 1.0:
-        return soft
+        return soft_term
     classes = student_logits.shape[-1]
     hard = F.cross_entropy(student_logits.reshape(-1, classes), targets.reshape(-1))
-    return alpha * soft + (1.0 - alpha) * hard
+    return alpha * soft_term + (1.0 - alpha) * hard
 
 
 def feature_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "mse") -> torch.Tensor:

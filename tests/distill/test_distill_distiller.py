@@ -70,6 +70,25 @@ def test_student_learns_to_agree_with_the_teacher():
     assert agree() > max(0.8, before + 0.25)
 
 
+def test_logit_matching_objective_and_training():
+    teacher, student = _mlp(16, 1), _mlp(8, 2)
+    data = _data()
+    cfg = DistillConfig(alpha=0.4, soft_loss="logit_mse", train=FAST)
+    d = Distiller(student, teacher, cfg)
+    d.prepare(data)
+    x, y = data.tensors[0][:5], data.tensors[1][:5]
+    s, t = student(x), teacher(x)
+    by_hand = 0.4 * ((s - t) ** 2).sum(1).mean() / 6 + 0.6 * nn.functional.cross_entropy(s, y)
+    assert d.loss(d, x, y).item() == pytest.approx(by_hand.item(), rel=1e-6)
+    d.close()
+    x_all = data.tensors[0]
+    gap = lambda: ((student(x_all) - teacher(x_all)) ** 2).mean().item()  # noqa: E731
+    before = gap()
+    distill(student, teacher, data, DistillConfig(alpha=1.0, soft_loss="logit_mse", train=FAST.replace(epochs=8)),
+            device="cpu")
+    assert gap() < 0.5 * before
+
+
 def test_adapters_are_created_for_mismatched_widths():
     d = Distiller(_mlp(8, 0), _mlp(16, 1), DistillConfig(features=(FeatureLink("0", "0"), FeatureLink("2", "2"))))
     d.prepare(_data())
@@ -119,7 +138,8 @@ def test_unadaptable_feature_shapes_are_a_clear_error():
 
 @pytest.mark.parametrize("kwargs", [{"temperature": 0}, {"temperature": -2.0}, {"temperature": float("inf")},
                                     {"alpha": 1.5}, {"alpha": -0.1}, {"features": ("0",)},
-                                    {"train": {"epochs": 1}}, {"cache_teacher": "yes"}])
+                                    {"train": {"epochs": 1}}, {"cache_teacher": "yes"},
+                                    {"soft_loss": "l2"}])
 def test_bad_config_is_rejected(kwargs):
     with pytest.raises(ConfigError):
         DistillConfig(**kwargs)

@@ -11,6 +11,7 @@ from deepshrink.distill import (
     feature_loss,
     hidden_state_loss,
     kd_loss,
+    logit_matching_loss,
 )
 
 
@@ -61,6 +62,42 @@ def test_kd_loss_rejects_bad_settings(T, alpha):
 def test_kd_loss_rejects_mismatched_logits():
     with pytest.raises(ModelError, match="does not match"):
         kd_loss(torch.zeros(2, 10), torch.zeros(2, 5), None, 2.0, 1.0)
+
+
+def test_logit_matching_matches_a_hand_computed_value():
+    s = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    t = torch.tensor([[3.0, 2.0, 1.0], [1.0, -1.0, 2.0]])
+    # sample 1: (4 + 0 + 4) / (2 * 3) = 4/3; sample 2: (1 + 1 + 4) / 6 = 1; mean 7/6
+    assert logit_matching_loss(s, t).item() == pytest.approx(7 / 6, rel=1e-6)
+    # blended with the labels: 0.25 * 7/6 + 0.75 * mean CE; CE(s1, 0) = ln(e + e^2 + e^3) - 1, CE(0-logits) = ln 3
+    ce = ((math.log(math.e + math.e ** 2 + math.e ** 3) - 1.0) + math.log(3.0)) / 2
+    got = kd_loss(s, t, torch.tensor([0, 2]), 5.0, 0.25, soft="logit_mse")
+    assert got.item() == pytest.approx(0.25 * 7 / 6 + 0.75 * ce, rel=1e-6)
+    assert kd_loss(s, t, None, 5.0, 0.25, soft="logit_mse").item() == pytest.approx(7 / 6, rel=1e-6)
+
+
+def test_logit_matching_is_the_high_temperature_limit_of_kd():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    s, t = s - s.mean(1, keepdim=True), t - t.mean(1, keepdim=True)  # Hinton's limit assumes zero-mean logits
+    high_t = kd_loss(s.double(), t.double(), None, 1000.0, 1.0).item()
+    assert high_t == pytest.approx(logit_matching_loss(s, t).item(), rel=2e-3)
+
+
+def test_logit_matching_gradient_reaches_only_the_student():
+    s = torch.randn(4, 3, requires_grad=True)
+    t = torch.randn(4, 3, requires_grad=True)
+    kd_loss(s, t, torch.tensor([0, 1, 2, 0]), 1.0, 0.5, soft="logit_mse").backward()
+    assert t.grad is None
+    # d/ds of mean_n sum_c (s - t)^2 / (2 * 3) over 4 samples is (s - t) / (3 * 4) per entry
+    s2 = s.detach().clone().requires_grad_(True)
+    logit_matching_loss(s2, t).backward()
+    assert torch.allclose(s2.grad, (s - t).detach() / 12)
+    assert t.grad is None
+    with pytest.raises(ConfigError, match="soft must be"):
+        kd_loss(s, t, None, 1.0, 0.5, soft="l2")
+    with pytest.raises(ModelError, match="does not match"):
+        logit_matching_loss(torch.zeros(2, 10), torch.zeros(2, 5))
 
 
 def test_feature_losses_by_hand():
