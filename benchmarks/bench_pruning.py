@@ -37,7 +37,8 @@ from deepshrink.train import TrainConfig, Trainer  # noqa: E402
 # per-layer sparsities for every criterion.
 HAN = {"lenet300": {"fc1": 0.92, "fc2": 0.91, "fc3": 0.74},
        "lenet5": {"conv1": 0.34, "conv2": 0.88, "fc1": 0.925, "fc2": 0.81}}
-CRITERIA = {"magnitude": "l1", "taylor": "taylor", "activation": "activation"}
+CRITERIA = {"magnitude": "l1", "taylor": "taylor", "activation": "activation", "taylor_train": "taylor_train"}
+DEFAULT_CRITERIA = ("magnitude", "taylor", "activation")  # taylor_train runs when --criteria names it
 
 
 def _log(msg: str) -> None:
@@ -87,7 +88,10 @@ def make_criteria(calibration: str) -> dict[str, Any]:
     def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(logits, y, label_smoothing=0.1)
 
-    return {"magnitude": "l1", "taylor": TaylorImportance(loss_fn=loss), "activation": "activation"}
+    from deepshrink.prune.importance import TrainingTaylorImportance
+
+    return {"magnitude": "l1", "taylor": TaylorImportance(loss_fn=loss), "activation": "activation",
+            "taylor_train": TrainingTaylorImportance(loss_fn=loss)}
 
 
 def unstructured_runs(data, models: list[str], seeds: list[int], epochs: int, retrain_epochs: int,
@@ -105,7 +109,7 @@ def unstructured_runs(data, models: list[str], seeds: list[int], epochs: int, re
             calib = (torch.utils.data.DataLoader(data.train, batch_size=128, shuffle=False)
                      if calibration == "train" else shifted_calibration(data))
             for cname, crit in make_criteria(calibration).items():
-                if criteria and cname not in criteria:
+                if cname not in (criteria or DEFAULT_CRITERIA):
                     continue
                 model = copy.deepcopy(base)
                 retrain = (recipe(arch).compression.retrain.replace(epochs=retrain_epochs, seed=seed)
@@ -154,7 +158,10 @@ def unstructured_table(records: list[dict[str, Any]], epochs: int, retrain_epoch
               markdown_table(["model", "seed", "baseline", *names], per_seed), "",
               "Han 2015 on full MNIST: LeNet-300-100 1.64% -> 1.59% error, LeNet-5 0.80% -> 0.77%, both 12x.",
               "magnitude = |w|; Taylor = |w dL/dw| over 8 calibration batches of 128; activation = |w_ij| x "
-              "mean|x_j| (input activation, the unstructured form of the activation criterion).", ""]
+              "mean|x_j| (input activation, the unstructured form of the activation criterion)."
+              + (" taylor_train = |mean over the retraining steps of w dL/dw| (training loss, every optimizer step "
+                 "of the retraining before each pruning round; the first round, before any retraining, scores "
+                 "on the calibration batches as Taylor does)." if "taylor_train" in names else ""), ""]
 
 
 def _tp_prune(model: nn.Module, x: torch.Tensor, ratio: float) -> nn.Module:
@@ -363,7 +370,9 @@ def main() -> None:
     ap.add_argument("--calibration", choices=("train", "shifted"), default="train",
                     help="unstructured: data the Taylor/activation criteria score on (shifted = the first 1,024 "
                          "training images moved by up to 2 pixels; Taylor then uses the training loss)")
-    ap.add_argument("--criteria", default="", help="unstructured: comma subset of magnitude,taylor,activation")
+    ap.add_argument("--criteria", default="",
+                    help="unstructured: comma subset of magnitude,taylor,activation,taylor_train (default: the "
+                         "first three)")
     ap.add_argument("--struct-epochs", type=int, default=4)
     ap.add_argument("--ft-epochs", type=int, default=4, help="structured fine-tuning epochs (both tools)")
     ap.add_argument("--rounds", type=int, default=20, help="latency rounds (structured part)")

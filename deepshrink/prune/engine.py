@@ -192,7 +192,8 @@ def unstructured(
     def fit(loss_fn: LossFn | None) -> None:
         from deepshrink.train import Trainer
 
-        Trainer(model, train, loss_fn=loss_fn, progress=False, description="prune-retrain").fit(data)
+        with imp.observe(model, selected):  # criteria that score from the retraining steps hook in here
+            Trainer(model, train, loss_fn=loss_fn, progress=False, description="prune-retrain").fit(data)
 
     if train is not None and data is None:
         raise ConfigError("retraining between pruning steps needs data")

@@ -9,7 +9,8 @@ as the activation criteria do). Criteria that need data (activations, gradients)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -44,6 +45,11 @@ class Importance:
     def channel_scores(self, name: str, module: nn.Module) -> torch.Tensor | None:
         """Per-output-channel scores when the criterion measures channels directly; None derives them."""
         return None
+
+    def observe(self, model: nn.Module, layers: Mapping[str, nn.Module]) -> contextlib.AbstractContextManager[None]:
+        """A context the pruning engine wraps around each retraining between pruning steps, for criteria that
+        learn from the training steps themselves (``taylor_train``). Default: observes nothing."""
+        return contextlib.nullcontext()
 
 
 class MagnitudeImportance(Importance):
@@ -270,6 +276,84 @@ class TaylorImportance(Importance):
         return self.acc[name].float()
 
 
+TRAIN_TAYLOR_STATS = ("mean", "abs", "sq")
+
+
+class TrainingTaylorImportance(TaylorImportance):
+    """First-order Taylor ``|w x dL/dw|`` accumulated over the retraining steps (Molchanov et al. 2017, 2019).
+
+    While the engine retrains between pruning steps (:meth:`observe`), a hook on each selected weight records
+    ``w_t x g_t`` at every optimizer step t (``g_t`` the gradient of the training loss on that step's batch, in
+    training mode, ``w_t`` the weight then); the next pruning step scores with the statistic over those steps:
+
+    - ``stat="mean"`` (default): ``|mean_t w_t g_t|``: the Taylor estimate of the loss change on removing the
+      weight with the gradient averaged over all retraining batches (Molchanov 2017 averages ``w g`` before the
+      absolute value). Under SGD with weight decay lambda a weight that has settled has ``E[g] = -lambda w``,
+      so its score is ``lambda w^2``; weights still moving score by how hard the loss pushes them;
+    - ``"abs"``: ``mean_t |w_t g_t|`` (the calibration ``taylor`` criterion's statistic);
+    - ``"sq"``: ``mean_t (w_t g_t)^2`` (Molchanov 2019's squared per-batch contribution).
+
+    Steps with no gradient observed (the first pruning step, before any retraining; structured pruning; no
+    ``train``) fall back to the calibration batches exactly as ``taylor`` does (``|w g|`` summed over
+    micro-batches). Under torchrun the per-rank sums are all-reduced, so every rank prunes the same weights.
+    """
+
+    name = "taylor_train"
+
+    def __init__(self, max_batches: int = 8, micro_batch: int | None = 16,
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 stat: str = "mean") -> None:
+        if stat not in TRAIN_TAYLOR_STATS:
+            raise ConfigError(f"importance 'taylor_train': stat must be one of {', '.join(TRAIN_TAYLOR_STATS)}, "
+                              f"got {stat!r}")
+        super().__init__(max_batches, micro_batch, loss_fn)
+        self.stat = stat
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def observe(self, model: nn.Module, layers: Mapping[str, nn.Module]) -> Iterator[None]:
+        def hook(name: str) -> Callable[[torch.Tensor], None]:
+            def fn(param: torch.Tensor) -> None:
+                if param.grad is None:
+                    return
+                # the trainable tensor under a mask: its gradient is mask x dL/dW and its pruned entries are
+                # zero, so param x grad equals W x dL/dW exactly
+                wg = param.detach() * param.grad.detach()
+                if self.stat == "abs":
+                    wg = wg.abs()
+                elif self.stat == "sq":
+                    wg = wg.square()
+                self.sums[name] = self.sums[name] + wg if name in self.sums else wg.clone()
+                self.counts[name] = self.counts.get(name, 0) + 1
+            return fn
+
+        handles = [_weight_param(m).register_post_accumulate_grad_hook(hook(n)) for n, m in layers.items()
+                   if _weight_param(m).requires_grad]  # a frozen layer gets no gradient, so no score
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def prepare(self, model: nn.Module, layers: Mapping[str, nn.Module], data: Batches | None) -> None:
+        sums, counts = self.sums, self.counts
+        self.sums, self.counts = {}, {}
+        if not counts:  # nothing observed since the last pruning step: the calibration batches
+            super().prepare(model, layers, data)
+            return
+        names = sorted(sums)
+        count = torch.tensor([float(counts[n]) for n in names], device=sums[names[0]].device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            for n in names:
+                torch.distributed.all_reduce(sums[n])
+            torch.distributed.all_reduce(count)
+        self.acc = {}
+        for n, c in zip(names, count.tolist()):
+            mean = sums[n] / c
+            self.acc[n] = mean.abs() if self.stat == "mean" else mean
+
+
 def module_weight(module: nn.Module) -> torch.Tensor:
     return module.weight
 
@@ -290,11 +374,13 @@ CRITERIA.add("std", lambda **kw: StdImportance())
 CRITERIA.add("activation", lambda max_batches=8, stat="std", **kw: ActivationImportance(max_batches, stat))
 CRITERIA.add("apoz", lambda max_batches=8, **kw: APoZImportance(max_batches))
 CRITERIA.add("taylor", lambda max_batches=8, micro_batch=16, **kw: TaylorImportance(max_batches, micro_batch))
+CRITERIA.add("taylor_train", lambda max_batches=8, micro_batch=16, stat="mean", **kw:
+             TrainingTaylorImportance(max_batches, micro_batch, stat=stat))
 
 
 def get_importance(spec: str | Importance, **kwargs: Any) -> Importance:
     """A criterion by registered name (``l1``, ``l2``, ``random``, ``threshold``, ``std``, ``activation``,
-    ``apoz``, ``taylor``) or an :class:`Importance` instance passed through."""
+    ``apoz``, ``taylor``, ``taylor_train``) or an :class:`Importance` instance passed through."""
     if isinstance(spec, Importance):
         return spec
     if not isinstance(spec, str):

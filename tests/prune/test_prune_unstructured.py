@@ -140,7 +140,7 @@ def test_pattern_matching_nothing_is_named() -> None:
 
 
 def test_data_driven_criteria_need_data() -> None:
-    for name in ("taylor", "activation", "apoz"):
+    for name in ("taylor", "taylor_train", "activation", "apoz"):
         with pytest.raises(ConfigError, match=name):
             unstructured(_model(), 0.5, importance=name)
 
