@@ -33,13 +33,13 @@ RECIPES = ROOT / "recipes"
 
 # What each recipe claims (benchmarks/RESULTS.md; mean +- std over 3 seeds unless said), and the paper.
 CLAIMS: dict[str, dict] = {
-    "deep_compression_lenet300": {"acc": (95.50, 0.20), "ratio": (97.8, 0.5), "seed0_bytes": 10839,
+    "deep_compression_lenet300": {"acc": (95.63, 0.42), "ratio": (97.7, 0.4), "seed0_bytes": 10867,
                                   "paper": "Han 2016: 40x, 1.64% -> 1.58% error"},
-    "deep_compression_lenet5": {"acc": (97.67, 0.31), "ratio": (63.3, 0.1), "seed0_bytes": 27209,
+    "deep_compression_lenet5": {"acc": (97.77, 0.32), "ratio": (63.2, 0.1), "seed0_bytes": 27315,
                                 "paper": "Han 2016: 39x, 0.80% -> 0.74% error"},
-    "deep_compression_lenet300_paper": {"acc": (95.43, 0.50), "ratio": (36.5, 0.2), "seed0_bytes": 29238,
+    "deep_compression_lenet300_paper": {"acc": (95.47, 0.45), "ratio": (36.5, 0.2), "seed0_bytes": 29222,
                                         "paper": "Han 2016 Table 2: 40x"},
-    "deep_compression_lenet5_paper": {"acc": (97.40, 0.10), "ratio": (34.9, 0.1), "seed0_bytes": 49344,
+    "deep_compression_lenet5_paper": {"acc": (97.50, 0.10), "ratio": (34.9, 0.1), "seed0_bytes": 49362,
                                       "paper": "Han 2016 Table 3: 39x"},
     # RESULTS.md "Pruning on mnist5k (issue 3)", Unstructured 12x, lenet300 magnitude: pruned 96.03 +- 0.40
     # (results/pruning_unstructured_lenet300.md: the Deep Compression baseline and retraining settings,
