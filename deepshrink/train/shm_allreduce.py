@@ -42,39 +42,59 @@ def supported(world_size: int) -> bool:
     return platform.machine().lower() in ("x86_64", "amd64") and local.isdigit() and int(local) == world_size
 
 
-def wanted(world_size: int) -> bool:
-    """``DEEPSHRINK_DDP_COMM``: ``auto`` (default: shared memory where :func:`supported`), ``gloo`` (never),
-    ``shm`` (required: an error where unsupported)."""
+def _mode() -> str:
     mode = os.environ.get("DEEPSHRINK_DDP_COMM", "auto").strip().lower() or "auto"
     if mode not in ("auto", "gloo", "shm"):
         raise ConfigError(f"DEEPSHRINK_DDP_COMM must be auto, gloo or shm, got {mode!r}")
+    return mode
+
+
+def required() -> bool:
+    """``DEEPSHRINK_DDP_COMM=shm``: failing to set up shared memory is an error, not a fall-back to gloo."""
+    return _mode() == "shm"
+
+
+def wanted(world_size: int) -> bool:
+    """``DEEPSHRINK_DDP_COMM``: ``auto`` (default: shared memory where :func:`supported`), ``gloo`` (never),
+    ``shm`` (required: an error where unsupported)."""
+    mode = _mode()
     if mode == "shm" and not supported(world_size):
         raise ConfigError("DEEPSHRINK_DDP_COMM=shm needs x86-64 and every rank on this host (LOCAL_WORLD_SIZE "
                           f"= WORLD_SIZE = {world_size}); use auto or gloo")
     return mode != "gloo" and supported(world_size)
 
 
+class SharedMemoryUnavailable(DeepShrinkError):
+    """The ranks could not set up the shared segment (e.g. a small /dev/shm); every rank raises it together."""
+
+
 class SharedMemoryAllReduce:
     """State of the shared-memory DDP communication hook (register with :meth:`register`).
 
     ``numel`` is the largest bucket (the model's trainable parameter count bounds it). Collective: every
-    rank must construct it, in the same order relative to other collectives.
+    rank must construct it, in the same order relative to other collectives; if any rank cannot map the
+    segment, all raise :class:`SharedMemoryUnavailable`.
     """
 
     def __init__(self, numel: int, timeout_s: float = 600.0) -> None:
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.numel, self.timeout_s, self.calls = int(numel), float(timeout_s), 0
-        token = torch.randint(0, 2**62, (1,), dtype=torch.int64) if self.rank == 0 else torch.zeros(1, dtype=torch.int64)
+        # os.urandom, not torch's generator: the hook must not shift any rank's random stream
+        token = torch.tensor([int.from_bytes(os.urandom(7), "little") if self.rank == 0 else 0], dtype=torch.int64)
         dist.broadcast(token, 0)
         path = _shm_dir() / f"deepshrink-ddp-{int(token):016x}"
         size = 2 * self.world * self.numel
         flags_path = path.with_suffix(".flags")
         ok = torch.ones(1)
         try:
-            if self.rank == 0:
-                torch.from_file(str(path), shared=True, size=size, dtype=torch.float32)
-                torch.from_file(str(flags_path), shared=True, size=self.world, dtype=torch.int64).zero_()
-        except (OSError, RuntimeError):
+            if self.rank == 0:  # reserve every page now: a full tmpfs fails here, not as SIGBUS mid-training
+                for p, nbytes in ((path, 4 * size), (flags_path, 8 * self.world)):
+                    fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+                    try:
+                        os.posix_fallocate(fd, 0, nbytes)
+                    finally:
+                        os.close(fd)
+        except OSError:
             ok.zero_()
         dist.all_reduce(ok, op=dist.ReduceOp.MIN)  # rank 0's files exist before anyone opens them
         try:
@@ -89,7 +109,8 @@ class SharedMemoryAllReduce:
             for p in (path, flags_path):
                 p.unlink(missing_ok=True)
         if not ok.item():
-            raise DeepShrinkError(f"distributed: cannot share memory between ranks through {path.parent}")
+            raise SharedMemoryUnavailable(f"distributed: cannot share {4 * size:,} bytes of gradients between ranks "
+                                          f"through {path.parent}")
         self.slots = buf.view(2, self.world, self.numel)
         self.pending: list[tuple[torch.Tensor, int]] = []
         self.used = 0

@@ -232,7 +232,12 @@ class Trainer:
         ddp = DistributedDataParallel(self.model, device_ids=ids, gradient_as_bucket_view=True)
         if ctx.backend == "gloo" and shm_allreduce.wanted(ctx.world_size):
             numel = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-            shm_allreduce.SharedMemoryAllReduce(numel).register(ddp)
+            try:
+                shm_allreduce.SharedMemoryAllReduce(numel).register(ddp)
+            except shm_allreduce.SharedMemoryUnavailable:
+                if shm_allreduce.required():
+                    raise
+                # auto: every rank got the same answer, so all keep gloo's all-reduce together
         return ddp
 
     def _save_checkpoint(self, epoch: int, steps: int, opt, sched, history: list[float],

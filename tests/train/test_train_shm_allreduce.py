@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -89,3 +95,42 @@ def test_buckets_published_one_by_one_are_averaged_in_one_exchange(one_rank_grou
     assert out[0] is a and out[1] is b
     assert torch.equal(a, torch.tensor([2.0, 3.0, 4.0])) and torch.equal(b, torch.tensor([5.0, 11.0]))
     assert state.flags.tolist() == [1, 1] and state.used == 0
+
+
+def test_setting_up_leaves_the_random_stream_alone(one_rank_group):
+    before = torch.get_rng_state()
+    shm_allreduce.SharedMemoryAllReduce(numel=4)
+    assert torch.equal(torch.get_rng_state(), before)  # gloo and shared-memory runs draw the same numbers
+
+
+def test_a_full_shared_memory_folder_is_refused_up_front_and_cleaned(one_rank_group, monkeypatch):
+    def no_space(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shm_allreduce.os, "posix_fallocate", no_space)
+    before = set(shm_allreduce._shm_dir().glob("deepshrink-ddp-*"))
+    with pytest.raises(shm_allreduce.SharedMemoryUnavailable, match="cannot share 64 bytes"):
+        shm_allreduce.SharedMemoryAllReduce(numel=8)
+    assert set(shm_allreduce._shm_dir().glob("deepshrink-ddp-*")) == before
+
+
+def _launch_no_space(out, mode: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", DEEPSHRINK_PROGRESS="0", DEEPSHRINK_DDP_COMM=mode)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(Path(__file__).resolve().parent / "ddp_fallback_worker.py"), str(out)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
+                    reason="the shared-memory path exists only on x86-64 (elsewhere DDP always uses gloo)")
+def test_without_room_in_shared_memory_auto_trains_with_gloo_and_shm_mode_stops(tmp_path):
+    auto = _launch_no_space(tmp_path, "auto")
+    assert auto.returncode == 0, auto.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["shm_calls"] == 0 and r1["shm_calls"] == 0  # fell back to gloo on both ranks together
+    assert torch.equal(r0["weights"], r1["weights"])
+    forced = _launch_no_space(tmp_path / "forced", "shm")
+    assert forced.returncode != 0
+    assert "cannot share" in forced.stderr and "bytes of gradients between ranks" in forced.stderr
