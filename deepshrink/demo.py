@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from deepshrink.artifact import StoragePolicy, load, save
+from deepshrink.codec.container import read_container
 from deepshrink.core.errors import DeepShrinkError
 from deepshrink.core.fileio import atomic_write_text, ensure_dir
 from deepshrink.data import load as load_data
@@ -34,20 +35,23 @@ QUICK_TRAIN = 1024  # --quick trains on the first 1,024 digits: a smoke run, not
 
 def _baseline(rec: Recipe, train: Dataset, folder: Path, seed: int, reuse: bool, progress: bool | None
               ) -> tuple[nn.Module, bool]:
-    """Train the baseline, or reuse the artifact of an identical earlier run (same model, data, settings, seed)."""
+    """Train the baseline, or reuse the artifact of an identical earlier run (same model, data, settings, seed
+    and CPU thread count: float sums, hence the trained bits, depend on it)."""
     key = hashlib.sha256(json.dumps([rec.model, DATASET, asdict(rec.baseline)], sort_keys=True).encode())
     fingerprint = key.hexdigest()[:16]
     path = folder / f"{rec.model}.seed{seed}.{fingerprint}.dsk"
+    threads = torch.get_num_threads()
     if reuse and path.exists():
         try:
-            return load(path), True
+            if read_container(path, verify=False).meta.get("info", {}).get("threads") == threads:
+                return load(path), True
         except DeepShrinkError:
             pass  # an unreadable cached baseline is simply retrained and overwritten
     seed_everything(seed)
     model = create(rec.model)
     Trainer(model, rec.baseline, progress=progress, description=f"{rec.model} baseline").fit(train)
     model.cpu().eval()
-    save(model, path, StoragePolicy(sparse=False, coding="packed"), info={"stage": "baseline-trained"})
+    save(model, path, StoragePolicy(sparse=False, coding="packed"), info={"stage": "baseline-trained", "threads": threads})
     return model, False
 
 

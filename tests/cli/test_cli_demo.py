@@ -120,6 +120,13 @@ def test_baseline_cache_round_trip(tmp_path):
     assert (reused, reused_again) == (False, True)
     x = load_data("mnist5k").test.tensors[0][:8]
     assert torch.equal(model(x), again(x))
+    threads = torch.get_num_threads()
+    try:  # a baseline trained at another thread count has other bits: it is retrained, not reused
+        torch.set_num_threads(threads + 1)
+        _, reused_other = _baseline(rec, train, tmp_path, 0, True, False)
+    finally:
+        torch.set_num_threads(threads)
+    assert reused_other is False
 
 
 def test_inspect_shows_packed_low_bit_weights(tmp_path):
