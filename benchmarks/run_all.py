@@ -46,6 +46,9 @@ BENCHMARKS: list[list[str]] = [
     ["bench_recipes.py", "--share-baselines"],
     ["bench_auto.py", "--models", "lenet300", "--with-dc", "--result-name", "auto_lenet300"],
     ["bench_auto.py", "--models", "lenet5", "--with-dc", "--result-name", "auto_lenet5"],
+    # the hand-written recipe judged as auto must judge it: on 6 fresh 80/20 splits
+    ["bench_auto.py", "--models", "lenet300", "--with-dc", "--dc-splits", "0,1,2,3,4,5", "--result-name",
+     "auto_lenet300_splits"],
     ["bench_minilm.py"],
 ]
 

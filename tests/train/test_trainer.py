@@ -80,3 +80,29 @@ def test_bad_settings_are_rejected(kwargs):
 def test_empty_data_is_rejected():
     with pytest.raises(ConfigError, match="empty"):
         Trainer(_model(), TrainConfig(epochs=1)).fit(TensorDataset(torch.zeros(0, 4), torch.zeros(0).long()))
+
+
+@pytest.mark.parametrize("opt", ["adam", "sgd"])
+def test_optimizer_is_multi_tensor_and_bit_identical_to_the_per_parameter_loop(opt):
+    from deepshrink.train.trainer import make_optimizer
+
+    cfg = TrainConfig(optimizer=opt, lr=0.01, momentum=0.9, weight_decay=1e-3)
+
+    def run(make):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
+        optimizer = make(list(model.parameters()))
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(20):
+            for p in model.parameters():
+                p.grad = torch.randn(p.shape, generator=gen)
+            optimizer.step()
+        return optimizer, [p.detach().clone() for p in model.parameters()]
+
+    ours, got = run(lambda params: make_optimizer(params, cfg))
+    if opt == "adam":
+        _, want = run(lambda params: torch.optim.Adam(params, lr=0.01, weight_decay=1e-3, foreach=False))
+    else:
+        _, want = run(lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-3, foreach=False))
+    assert ours.param_groups[0]["foreach"] is True
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
