@@ -8,9 +8,11 @@ Parts (``--parts``):
   recovered by plain fine-tuning vs distillation from the uncompressed model, same steps and batches. Judged
   pair (RECOVER_KD[0]): both on images shifted by up to 2 pixels each step, the teacher run online on the same
   shifted images; unshifted, logit-MSE and higher-T arms are reference rows. Bar: KD >= FT (paired per seed).
-- ``ddp``: LeNet-5 trained by the same Trainer under ``torchrun --nproc_per_node=1`` and ``=2`` (same epochs,
-  same global batch, the same total number of threads). Bar: accuracy within 0.5 pt, wall time <= 1 process.
-  Latency-like: run it on a quiet machine.
+- ``ddp``: the same Trainer under ``torchrun --nproc_per_node=1`` and ``=2`` (same epochs, same global batch,
+  the same total number of threads), on one of two workloads (``--ddp-workload``): ``lenet5`` (plain training,
+  Adam) or ``hinton`` (the distillation of the ``hinton`` part: the 800-800 student distilled at T=20 from a
+  1200-1200 teacher trained once per seed in the parent process, teacher outputs cached). Bar: accuracy within
+  0.5 pt, wall time <= 1 process. Latency-like: run it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -264,17 +267,29 @@ def run_recovery(seeds: list[int], quick: bool) -> list[str]:
     ]
 
 
-def ddp_worker(out: Path, epochs: int, seed: int, batch: int) -> None:
-    """One rank of the DDP comparison (run by torchrun): train LeNet-5, rank 0 writes accuracy and time."""
+def ddp_worker(out: Path, epochs: int, seed: int, batch: int, teacher: Path | None = None) -> None:
+    """One rank of the DDP comparison (run by torchrun): train LeNet-5, or distill the Hinton student from the
+    teacher weights in ``teacher``; rank 0 writes accuracy and time."""
+    from safetensors.torch import load_file
+
     from deepshrink.core.fileio import atomic_write_text
     from deepshrink.train.distributed import is_main_process
 
     data = load_data("mnist5k")
-    torch.manual_seed(seed)
-    model = create("lenet5", conv_relu=True)
-    start = time.perf_counter()
-    Trainer(model, LENET.replace(epochs=epochs, seed=seed, batch_size=batch), progress=False,
-            device="cpu").fit(data.train)
+    if teacher is None:
+        torch.manual_seed(seed)
+        model = create("lenet5", conv_relu=True)
+        start = time.perf_counter()
+        Trainer(model, LENET.replace(epochs=epochs, seed=seed, batch_size=batch), progress=False,
+                device="cpu").fit(data.train)
+    else:
+        big = mlp((1200, 1200), seed, dropout=0.5, input_dropout=0.2)
+        big.load_state_dict(load_file(str(teacher)))
+        model = mlp((800, 800), 1000 + seed)
+        cfg = DistillConfig(temperature=HINTON_T, alpha=HINTON_ALPHA, cache_teacher=True,
+                            train=STUDENT.replace(epochs=epochs, seed=seed, batch_size=batch))
+        start = time.perf_counter()
+        distill(model, big.eval(), data.train, cfg, device="cpu", progress=False)
     fit_s = time.perf_counter() - start
     if is_main_process():
         acc = 100 * evaluate(model.eval(), data.test).accuracy
@@ -286,7 +301,7 @@ DDP_ARMS = ((1, "-"), (2, "gloo"), (2, "shm"))
 
 
 def _ddp_run(nproc: int, comm: str, threads: int, epochs: int, seed: int,
-             batch: int) -> tuple[float, float, float]:
+             batch: int, teacher: Path | None = None) -> tuple[float, float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
@@ -294,7 +309,7 @@ def _ddp_run(nproc: int, comm: str, threads: int, epochs: int, seed: int,
                    DEEPSHRINK_DDP_COMM=comm if nproc > 1 else "auto")
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                __file__, "--ddp-worker", str(out), "--epochs", str(epochs), "--seed", str(seed),
-               "--batch", str(batch)]
+               "--batch", str(batch)] + (["--teacher", str(teacher)] if teacher else [])
         t0 = time.perf_counter()
         subprocess.run(cmd, env=env, check=True)
         wall = time.perf_counter() - t0
@@ -302,15 +317,34 @@ def _ddp_run(nproc: int, comm: str, threads: int, epochs: int, seed: int,
     return got["accuracy"], got["fit_s"], wall
 
 
-def run_ddp(seeds: list[int], quick: bool, threads: int, batches: list[int]) -> list[str]:
-    epochs = 1 if quick else LENET.epochs
+def _hinton_teacher(seed: int, quick: bool, folder: Path) -> Path:
+    """Train the Hinton teacher of ``seed`` in this process (as the ``hinton`` part does) and store its weights."""
+    from safetensors.torch import save_file
+
+    data = load_data("mnist5k")
+    teacher = mlp((1200, 1200), seed, dropout=0.5, input_dropout=0.2)
+    Trainer(teacher, TEACHER.replace(seed=seed, epochs=1 if quick else TEACHER.epochs), progress=False,
+            device="cpu").fit(Jitter(data.train))
+    path = folder / f"teacher{seed}.safetensors"
+    save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(path))
+    return path
+
+
+def run_ddp(seeds: list[int], quick: bool, threads: int, batches: list[int], workload: str = "lenet5") -> list[str]:
+    base = LENET if workload == "lenet5" else STUDENT
+    epochs = 1 if quick else base.epochs
     rows, verdicts = [], []
     start = time.perf_counter()
+    teachers: dict[int, Path] = {}
+    tmp = Path(tempfile.mkdtemp(prefix="bench_ddp_"))
+    if workload == "hinton":
+        for seed in seeds:
+            teachers[seed] = _hinton_teacher(seed, quick, tmp)
     for batch in batches:
         res: dict[tuple[int, str], list[tuple[float, float, float]]] = {arm: [] for arm in DDP_ARMS}
         for seed in seeds:
             for arm in DDP_ARMS:  # alternated, so a slow spell of the machine hits every arm
-                res[arm].append(_ddp_run(*arm, threads, epochs, seed, batch))
+                res[arm].append(_ddp_run(*arm, threads, epochs, seed, batch, teachers.get(seed)))
                 acc, fit, wall = res[arm][-1]
                 log(f"ddp batch {batch} nproc={arm[0]} comm {arm[1]} seed {seed}: {acc:.2f}% fit {fit:.1f} s, "
                     f"wall {wall:.1f} s")
@@ -327,14 +361,20 @@ def run_ddp(seeds: list[int], quick: bool, threads: int, batches: list[int]) -> 
                 f"accuracy difference {acc2 - acc1:+.2f} pt (bar within 0.5: {'yes' if abs(acc2 - acc1) <= 0.5 else 'NO'}); "
                 f"fit time vs 1 process {fit2 / fit1:.2f}x, wall time incl. start {wall2 / wall1:.2f}x "
                 f"(bar <= 1: {'yes' if fit2 <= fit1 and wall2 <= wall1 else 'NO'})")
+    shutil.rmtree(tmp, ignore_errors=True)
+    what = ("LeNet-5 on mnist5k" if workload == "lenet5" else
+            f"Hinton distillation (800-800 student, T={HINTON_T:g}, cached teacher outputs) on mnist5k")
+    optim = f"Adam {LENET.lr:g}" if workload == "lenet5" else f"SGD {STUDENT.lr:g} momentum {STUDENT.momentum:g}"
+    teacher_note = (" Each seed's 1200-1200 teacher is trained once, in the parent process, and every arm loads it;"
+                    " its training is in neither time." if workload == "hinton" else "")
     return [
-        f"### DDP: LeNet-5 on mnist5k under torchrun, 1 vs 2 processes, {len(seeds)} seed(s), {epochs} epoch(s)",
+        f"### DDP: {what} under torchrun, 1 vs 2 processes, {len(seeds)} seed(s), {epochs} epoch(s)",
         "",
-        f"Same Trainer code and epochs (Adam {LENET.lr:g}, cosine); the batch is the global batch (split over ranks); "
+        f"Same Trainer code and epochs ({optim}, cosine); the batch is the global batch (split over ranks); "
         "gradients averaged by gloo's all-reduce over loopback or through shared memory "
         "(`deepshrink.train.shm_allreduce`, the default when every rank is on one x86-64 host; "
         f"`DEEPSHRINK_DDP_COMM=gloo|shm|auto`); {threads} threads in total, split over the processes; the arms "
-        "alternate seed by seed.", "",
+        f"alternate seed by seed.{teacher_note}", "",
         markdown_table(["global batch", "processes", "averaging", "threads each", "test accuracy %", "fit s (rank 0)",
                         "wall s (incl. start)"], rows), "",
         *verdicts, "",
@@ -355,11 +395,15 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=LENET.epochs, help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=LENET.batch_size, help=argparse.SUPPRESS)
-    ap.add_argument("--ddp-batches", default=str(LENET.batch_size),
-                    help="ddp part: comma list of global batch sizes (default: the LeNet-5 recipe's 64)")
+    ap.add_argument("--ddp-batches", default=None,
+                    help="ddp part: comma list of global batch sizes (default: the workload's recipe batch, "
+                         f"{LENET.batch_size} for lenet5, {STUDENT.batch_size} for hinton)")
+    ap.add_argument("--ddp-workload", choices=("lenet5", "hinton"), default="lenet5",
+                    help="ddp part: plain LeNet-5 training, or the Hinton distillation of the 800-800 student")
+    ap.add_argument("--teacher", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.ddp_worker is not None:
-        ddp_worker(args.ddp_worker, args.epochs, args.seed, args.batch)
+        ddp_worker(args.ddp_worker, args.epochs, args.seed, args.batch, args.teacher)
         return
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = sorted(set(parts) - set(PARTS))
@@ -378,8 +422,9 @@ def main() -> None:
     if "recovery" in parts:
         lines += run_recovery(seeds, args.quick)
     if "ddp" in parts:
+        default_batch = (LENET if args.ddp_workload == "lenet5" else STUDENT).batch_size
         lines += run_ddp(seeds, args.quick, args.threads or os.cpu_count() or 1,
-                         [int(b) for b in args.ddp_batches.split(",")])
+                         [int(b) for b in (args.ddp_batches or str(default_batch)).split(",")], args.ddp_workload)
     path = write_result(args.result_name, "\n".join(lines))
     print(f"wrote {path}")
 

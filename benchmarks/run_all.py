@@ -43,6 +43,8 @@ BENCHMARKS: list[list[str]] = [
      "distillation_recovery_seeds3-5"],
     ["bench_distillation.py", "--parts", "ddp", "--seeds", "3", "--ddp-batches", "64,256", "--result-name",
      "distillation_ddp"],
+    ["bench_distillation.py", "--parts", "ddp", "--ddp-workload", "hinton", "--seeds", "3", "--result-name",
+     "distillation_ddp_hinton"],
     ["bench_recipes.py", "--share-baselines"],
     ["bench_auto.py", "--models", "lenet300", "--with-dc", "--result-name", "auto_lenet300"],
     ["bench_auto.py", "--models", "lenet5", "--with-dc", "--result-name", "auto_lenet5"],
