@@ -243,9 +243,23 @@ def prune_heads(encoder: nn.Module, ratio: float, batches: Batches | None = None
 
 
 def prune_ffn(encoder: nn.Module, ratio: float, batches: Batches | None = None, *,
-              scores: list[torch.Tensor] | None = None, scope: str = "layer", round_to: int = 32) -> list[int]:
-    """Remove ``ratio`` of the FFN neurons (per layer by default, multiples of ``round_to`` kept), in place."""
+              scores: list[torch.Tensor] | None = None, scope: str = "layer", round_to: int = 32,
+              refit: bool = False, ridge: float = 1e-4) -> list[int]:
+    """Remove ``ratio`` of the FFN neurons (per layer by default, multiples of ``round_to`` kept), in place.
+
+    ``refit=True`` then re-solves each layer's down-projection by least squares on ``batches`` so the kept
+    neurons reproduce the original FFN output (``deepshrink.transformers.refit``), with no training; its effect
+    on all-MiniLM-L6-v2 is in benchmarks/results/minilm_prune.md.
+    """
+    import copy
+
     from deepshrink.transformers.model import bert_layers
+    from deepshrink.transformers.refit import refit_ffn_outputs
+
+    if not isinstance(refit, bool):
+        raise ConfigError(f"refit must be True or False, got {refit!r}")
+    if refit and not batches:
+        raise ConfigError("FFN pruning with refit=True needs calibration batches")
 
     ratio = _check_ratio(ratio, "FFN")
     layers = bert_layers(encoder)
@@ -258,9 +272,12 @@ def prune_ffn(encoder: nn.Module, ratio: float, batches: Batches | None = None, 
             raise ConfigError("FFN pruning needs calibration batches or precomputed scores")
         scores = ffn_importance(encoder, batches)
     keep = _select(scores, ratio, scope, round_to)
+    originals = [(copy.deepcopy(l.intermediate), copy.deepcopy(l.output.dense)) for l in layers] if refit else []
     for layer, k in zip(layers, keep):
         prune_layer_ffn(layer, torch.tensor(k))
     _sync_config(getattr(encoder, "bert", encoder), layers)
+    if refit:
+        refit_ffn_outputs(encoder, batches, originals, ridge=ridge)
     return [len(k) for k in keep]
 
 
