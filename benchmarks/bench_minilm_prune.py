@@ -4,7 +4,8 @@ Each configuration is built without training, from calibration sentences (standa
 - FFN pruning per layer (lowest ``ffn_importance`` first), plain and with ``prune_ffn(..., refit=True)``
   (``deepshrink.transformers.refit``: each down-projection re-solved by ridge least squares so the kept
   neurons reproduce the original FFN output);
-- head pruning (global ranking by ``head_contribution``);
+- head pruning (global ranking by ``head_contribution``), plain and with ``prune_heads(..., refit=True)``
+  (each ``attention.output.dense`` re-solved the same way);
 - layer dropping (no distillation here: bench_minilm.py has the distilled rows);
 - optionally int8: torch's dynamic int8 Linear kernels (per-channel), FFN down-projections kept fp32.
 Quality against the fp32 model: mean cosine of sentence embeddings and top-1 retrieval agreement (200 queries
@@ -51,7 +52,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "FFN 50%": {"ffn": 0.50},
     "FFN 50% + refit": {"ffn": 0.50, "refit": True},
     "heads 25%": {"heads": 0.25},
+    "heads 25% + refit": {"heads": 0.25, "refit": True},
     "heads 50%": {"heads": 0.50},
+    "heads 50% + refit": {"heads": 0.50, "refit": True},
     "5 layers": {"layers": [0, 1, 2, 3, 5]},
     "4 layers": {"layers": [0, 2, 3, 5]},
     "3 layers": {"layers": [0, 2, 5]},
@@ -65,7 +68,7 @@ def build(spec: dict[str, Any], fp32: torch.nn.Module, calib: list, scores: list
     if spec.get("layers"):
         drop_layers(model, spec["layers"])
     if spec.get("heads"):
-        prune_heads(model, spec["heads"], calib)
+        prune_heads(model, spec["heads"], calib, refit=bool(spec.get("refit")), ridge=ridge)
     if spec.get("ffn"):
         prune_ffn(model, spec["ffn"], calib, scores=scores, refit=bool(spec.get("refit")), ridge=ridge)
     model.eval()

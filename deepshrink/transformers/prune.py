@@ -215,15 +215,24 @@ class PruneResult:
 
 def prune_heads(encoder: nn.Module, ratio: float, batches: Batches | None = None, *,
                 scores: list[torch.Tensor] | None = None, scope: str = "global",
-                method: str = "contribution") -> list[list[int]]:
+                method: str = "contribution", refit: bool = False, ridge: float = 1e-4) -> list[list[int]]:
     """Remove ``ratio`` of all attention heads (lowest importance first), at least one per layer, in place.
 
     ``scope="global"`` ranks heads across layers; ``"layer"`` removes the same fraction in every layer.
     ``method``: ``contribution`` (one pass, ``head_contribution``) or ``ablation`` (``head_importance``).
+    ``refit=True`` then re-solves each ``attention.output.dense`` by least squares on ``batches`` so the kept
+    heads reproduce the original attention output (``deepshrink.transformers.refit``).
     """
+    import copy
+
     if method not in ("contribution", "ablation"):
         raise ConfigError(f"head importance method must be 'contribution' or 'ablation', got {method!r}")
+    if not isinstance(refit, bool):
+        raise ConfigError(f"refit must be True or False, got {refit!r}")
+    if refit and not batches:
+        raise ConfigError("head pruning with refit=True needs calibration batches")
     from deepshrink.transformers.model import bert_layers
+    from deepshrink.transformers.refit import refit_attention_outputs
 
     ratio = _check_ratio(ratio, "head")
     layers = bert_layers(encoder)
@@ -236,9 +245,13 @@ def prune_heads(encoder: nn.Module, ratio: float, batches: Batches | None = None
     if len(scores) != len(layers):
         raise ConfigError(f"got head scores for {len(scores)} layers, the model has {len(layers)}")
     keep = _select(scores, ratio, scope, round_to=1)
+    originals = ([(copy.deepcopy(l.attention.self), copy.deepcopy(l.attention.output.dense)) for l in layers]
+                 if refit else [])
     for layer, k in zip(layers, keep):
         prune_layer_heads(layer, torch.tensor(k))
     _sync_config(getattr(encoder, "bert", encoder), layers)
+    if refit:
+        refit_attention_outputs(encoder, batches, originals, ridge=ridge)
     return keep
 
 

@@ -1,21 +1,23 @@
-"""Least-squares refit of a pruned FFN's down-projection, so the narrower layer reproduces the original output.
+"""Least-squares refit of the projection after a pruned block, so the narrower block reproduces the original output.
 
-After ``prune_ffn`` removes intermediate neurons, ``output.dense`` still holds the original columns of the
-kept neurons: the removed neurons' contribution is simply lost. Given calibration sentences, the kept
-neurons' activations ``h`` (real tokens only) and the original FFN output ``y = W2 gelu(W1 a) + b2`` on the
-same FFN input ``a``, the refit solves, per layer,
+After ``prune_ffn`` removes intermediate neurons (or ``prune_heads`` removes heads), the projection back to the
+residual stream (``output.dense``, resp. ``attention.output.dense``) still holds the original columns of what
+was kept: the removed part's contribution is simply lost. Given calibration sentences, the kept features
+``x`` (the kept neurons' activations, or the kept heads' context vectors; real tokens only) and the original
+block's output ``y`` on the same block input (original weights, all neurons or heads), the refit solves, per layer,
 
-    min_{W, b} sum_tokens ||W h + b - y||^2 + ridge * mean(diag(H^T H)) * ||[W b]||^2,
+    min_{W, b} sum_tokens ||W x + b - y||^2 + ridge * mean(diag(X^T X)) * ||W||^2,
 
 a ridge regression in closed form (normal equations accumulated in float64 over the batches). Layers are
 refit in order, each on the inputs produced by the already pruned and refit layers before it, so errors do
-not compound. Removed neurons whose activation is a near-linear mix of kept ones cost almost nothing.
-The same idea as bias/output compensation in structured pruning (e.g. FLAP, An et al. 2024; SlimGPT).
+not compound. A removed neuron or head whose output is close to a linear mix of kept ones costs almost
+nothing. The same idea as bias/output compensation in structured LLM pruning (FLAP, An et al. 2024; SlimGPT).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,10 +25,21 @@ from torch import nn
 from deepshrink.core.errors import ConfigError, ModelError
 
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
+# (hook args, hook kwargs, hook output) -> (kept features x, target y), both [..., features]
+Pair = Callable[[tuple, dict[str, Any], Any], tuple[torch.Tensor, torch.Tensor]]
 
 
 class _Stop(Exception):
-    """Raised by the hook once a layer's FFN statistics are taken: the layers above need not run."""
+    """Raised by the hook once a layer's statistics are taken: the layers above need not run."""
+
+
+def _check(batches: Batches, ridge: float, n_originals: int, n_layers: int, what: str) -> None:
+    if not batches:
+        raise ConfigError(f"the {what} refit needs calibration batches (input_ids, attention_mask)")
+    if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not ridge >= 0:
+        raise ConfigError(f"refit ridge must be a number >= 0, got {ridge!r}")
+    if n_originals != n_layers:
+        raise ModelError(f"refit got the original {what} of {n_originals} layers, the encoder has {n_layers}")
 
 
 @torch.no_grad()
@@ -36,29 +49,51 @@ def refit_ffn_outputs(encoder: nn.Module, batches: Batches, originals: Sequence[
     (``intermediate``, ``output.dense``). Returns per layer the unexplained fraction of the target's variance."""
     from deepshrink.transformers.model import bert_layers
 
-    if not batches:
-        raise ConfigError("the FFN refit needs calibration batches (input_ids, attention_mask)")
-    if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not ridge >= 0:
-        raise ConfigError(f"refit ridge must be a number >= 0, got {ridge!r}")
     layers = bert_layers(encoder)
-    if len(originals) != len(layers):
-        raise ModelError(f"refit got the original FFN of {len(originals)} layers, the encoder has {len(layers)}")
+    _check(batches, ridge, len(originals), len(layers), "FFN")
+
+    def pair(inter0: nn.Module, out0: nn.Linear) -> Pair:
+        return lambda args, _kw, out: (out, out0(inter0(args[0])))
+
+    return _refit_all(encoder, batches, [(l.intermediate, False, l.output.dense, pair(*o))
+                                         for l, o in zip(layers, originals)], float(ridge))
+
+
+@torch.no_grad()
+def refit_attention_outputs(encoder: nn.Module, batches: Batches,
+                            originals: Sequence[tuple[nn.Module, nn.Linear]], *, ridge: float = 1e-4) -> list[float]:
+    """Refit every layer's ``attention.output.dense`` in place; ``originals[i]`` = layer i's unpruned
+    (``attention.self``, ``attention.output.dense``). Returns per layer the unexplained variance fraction."""
+    from deepshrink.transformers.model import bert_layers
+
+    layers = bert_layers(encoder)
+    _check(batches, ridge, len(originals), len(layers), "attention")
+
+    def first(out: Any) -> torch.Tensor:
+        return out[0] if isinstance(out, tuple) else out
+
+    def pair(self0: nn.Module, dense0: nn.Linear) -> Pair:
+        return lambda args, kw, out: (first(out), dense0(first(self0(*args, **kw))))
+
+    return _refit_all(encoder, batches, [(l.attention.self, True, l.attention.output.dense, pair(*o))
+                                         for l, o in zip(layers, originals)], float(ridge))
+
+
+def _refit_all(encoder: nn.Module, batches: Batches, plan: list[tuple[nn.Module, bool, nn.Linear, Pair]],
+               ridge: float) -> list[float]:
     was_training = encoder.training
     encoder.eval()
-    residuals = []
     try:
-        for layer, (inter0, out0) in zip(layers, originals):
-            residuals.append(_refit_layer(encoder, layer, inter0, out0, batches, float(ridge)))
+        return [_refit_one(encoder, batches, *step, ridge) for step in plan]
     finally:
         encoder.train(was_training)
-    return residuals
 
 
-def _refit_layer(encoder: nn.Module, layer: nn.Module, inter0: nn.Module, out0: nn.Linear, batches: Batches,
-                 ridge: float) -> float:
-    dense = layer.output.dense
+def _refit_one(encoder: nn.Module, batches: Batches, tap: nn.Module, with_kwargs: bool, dense: nn.Linear,
+               pair: Pair, ridge: float) -> float:
+    """Accumulate the normal equations at ``tap``'s forward over ``batches``, solve, write into ``dense``."""
     if dense.bias is None:
-        raise ModelError("the FFN refit needs output.dense to have a bias")
+        raise ModelError("the refit needs the projection to have a bias")
     k = dense.in_features
     dev = dense.weight.device
     gram = torch.zeros(k + 1, k + 1, dtype=torch.float64, device=dev)
@@ -68,20 +103,22 @@ def _refit_layer(encoder: nn.Module, layer: nn.Module, inter0: nn.Module, out0: 
     state: dict[str, torch.Tensor] = {}
     count = 0
 
-    def grab(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
+    def grab(_m: nn.Module, args: tuple, *rest: Any) -> None:
         nonlocal count
-        keep = state["mask"].reshape(-1).bool().to(out.device)
-        h = out.reshape(-1, out.shape[-1])[keep].double()
-        y = out0(inter0(args[0])).reshape(-1, out0.out_features)[keep].double()
-        ha = torch.cat([h, torch.ones(len(h), 1, dtype=h.dtype, device=h.device)], 1)
-        gram.add_(ha.T @ ha)
-        cross.add_(ha.T @ y)
+        kwargs, out = (rest[0], rest[1]) if with_kwargs else ({}, rest[0])
+        x, y = pair(args, kwargs, out)
+        keep = state["mask"].reshape(-1).bool().to(x.device)
+        x = x.reshape(-1, x.shape[-1])[keep].double()
+        y = y.reshape(-1, y.shape[-1])[keep].double()
+        xa = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], 1)
+        gram.add_(xa.T @ xa)
+        cross.add_(xa.T @ y)
         y_sum.add_(y.sum(0))
         y_sq.add_((y * y).sum())
-        count += len(h)
+        count += len(x)
         raise _Stop
 
-    handle = layer.intermediate.register_forward_hook(grab)
+    handle = tap.register_forward_hook(grab, with_kwargs=with_kwargs)
     try:
         for ids, mask in batches:
             state["mask"] = mask
@@ -92,14 +129,14 @@ def _refit_layer(encoder: nn.Module, layer: nn.Module, inter0: nn.Module, out0: 
     finally:
         handle.remove()
     if count <= k:
-        raise ConfigError(f"the FFN refit needs more real tokens than kept neurons ({count} <= {k}): "
+        raise ConfigError(f"the refit needs more real tokens than kept features ({count} <= {k}): "
                           "give more calibration sentences")
     reg = ridge * gram.diagonal()[:-1].mean()
     eye = torch.eye(k + 1, dtype=gram.dtype, device=dev)
     eye[-1, -1] = 0.0  # the bias is not shrunk
     solution = torch.linalg.solve(gram + reg * eye, cross)
     if not torch.isfinite(solution).all():
-        raise ModelError("the FFN refit gave non-finite weights; give more calibration sentences or a larger ridge")
+        raise ModelError("the refit gave non-finite weights; give more calibration sentences or a larger ridge")
     # unexplained variance from the normal equations: sum ||y - X s||^2 = sum y^2 - 2 s.C + s.G s
     sse = y_sq - 2 * (solution * cross).sum() + (solution * (gram @ solution)).sum()
     total = y_sq - (y_sum * y_sum).sum() / count
@@ -108,4 +145,4 @@ def _refit_layer(encoder: nn.Module, layer: nn.Module, inter0: nn.Module, out0: 
     return float((sse / total.clamp(min=1e-30)).clamp(min=0.0))
 
 
-__all__ = ["refit_ffn_outputs"]
+__all__ = ["refit_attention_outputs", "refit_ffn_outputs"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from deepshrink.core.errors import ConfigError
-from deepshrink.transformers import bert_layers, ffn_importance, prune_ffn, tokenize
+from deepshrink.transformers import bert_layers, ffn_importance, head_contribution, prune_ffn, prune_heads, tokenize
 from deepshrink.transformers.refit import refit_ffn_outputs
 
 
@@ -79,5 +79,37 @@ def test_refit_bad_input_is_reported_clearly(tiny, tokenizer, sentences):
         prune_ffn(copy.deepcopy(tiny), 0.5, batches, refit="yes")
     with pytest.raises(ConfigError, match="ridge"):
         refit_ffn_outputs(tiny, batches, originals, ridge=-1.0)
-    with pytest.raises(ConfigError, match="more real tokens than kept neurons"):
+    with pytest.raises(ConfigError, match="more real tokens than kept features"):
         refit_ffn_outputs(tiny, [tokenize(tokenizer, sentences[:1])], originals)
+
+
+def test_head_refit_brings_each_attention_output_closer_and_keeps_shapes(tiny, tokenizer, sentences):
+    batches = _batches(tokenizer, sentences)
+    plain, fitted = copy.deepcopy(tiny), copy.deepcopy(tiny)
+    scores = head_contribution(tiny, batches)
+    kept = prune_heads(plain, 0.5, scores=scores, scope="layer")
+    assert prune_heads(fitted, 0.5, batches, scores=scores, scope="layer", refit=True) == kept
+    errors = {}
+    for label, model in (("plain", plain), ("fitted", fitted)):
+        got, want = [], []
+        layer, ref = bert_layers(model)[0], bert_layers(tiny)[0]
+
+        def hook(_m, args, kwargs, out, layer=layer, ref=ref):
+            got.append(layer.attention.output.dense(out[0]))
+            want.append(ref.attention.output.dense(ref.attention.self(*args, **kwargs)[0]))
+
+        handle = layer.attention.self.register_forward_hook(hook, with_kwargs=True)
+        with torch.no_grad():
+            for ids, mask in batches:
+                model(ids, mask)
+        handle.remove()
+        masks = torch.cat([m.reshape(-1) for _, m in batches]).bool()
+        g = torch.cat([x.reshape(-1, x.shape[-1]) for x in got])[masks]
+        w = torch.cat([x.reshape(-1, x.shape[-1]) for x in want])[masks]
+        errors[label] = (g - w).pow(2).mean()
+    assert errors["fitted"] < 0.5 * errors["plain"]
+    ids, mask = batches[1]
+    with torch.no_grad():
+        assert fitted(ids, mask).shape == tiny(ids, mask).shape
+    with pytest.raises(ConfigError, match="needs calibration batches"):
+        prune_heads(copy.deepcopy(tiny), 0.5, scores=scores, refit=True)
