@@ -52,6 +52,7 @@ BENCHMARKS: list[list[str]] = [
     ["bench_auto.py", "--models", "lenet300", "--with-dc", "--dc-splits", "0,1,2,3,4,5", "--result-name",
      "auto_lenet300_splits"],
     ["bench_minilm.py"],
+    ["bench_minilm_prune.py"],
 ]
 
 
