@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import command, git_rev, machine, write_result  # noqa: E402
 
-from deepshrink.data.text import python_doc_sentences, stdlib_docstring_sentences  # noqa: E402
+from deepshrink.data.text import training_sentences  # noqa: E402
 from deepshrink.measure import compare_latency, count_params  # noqa: E402
 from deepshrink.measure.embedding import EmbeddingEvaluator, default_split  # noqa: E402
 from deepshrink.measure.flops import count_macs  # noqa: E402
@@ -104,8 +104,7 @@ def main() -> None:
     fp32, tok = load_minilm()
     queries, corpus = default_split(50, 250) if args.quick else default_split()
     evaluator = EmbeddingEvaluator(lambda s: encode(fp32, tok, s), queries, corpus)
-    used = set(python_doc_sentences(len(queries) + len(corpus)))
-    train = [s for s in python_doc_sentences() if s not in used] + stdlib_docstring_sentences(exclude=used)
+    train = training_sentences(queries + corpus)
     n_calib = 64 if args.quick else args.calib
     calib = [tokenize(tok, train[i:i + 32]) for i in range(0, n_calib, 32)]
     example = tokenize(tok, (train * 2)[:32], pad_to=128)

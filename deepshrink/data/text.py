@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterable
 
 from deepshrink.core.errors import ConfigError, DataError
 
@@ -100,6 +101,13 @@ def stdlib_docstring_sentences(n: int | None = None, *, seed: int | None = 0, mi
                         seen.add(sentence)
                         out.append(sentence)
     return _shuffle_and_take(out, seed, n, "standard-library docstrings")
+
+
+def training_sentences(exclude: Iterable[str]) -> list[str]:
+    """Unlabeled text disjoint from ``exclude`` (e.g. an evaluation's queries and corpus), for calibration and
+    distillation: the rest of Python's documentation topics, then the standard-library docstrings."""
+    used = set(exclude)
+    return [s for s in python_doc_sentences() if s not in used] + stdlib_docstring_sentences(exclude=used)
 
 
 def _shuffle_and_take(out: list[str], seed: int | None, n: int | None, source: str) -> list[str]:

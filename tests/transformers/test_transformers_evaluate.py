@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from deepshrink.core.errors import ConfigError, DataError
-from deepshrink.data.text import python_doc_sentences, stdlib_docstring_sentences
+from deepshrink.data.text import python_doc_sentences, stdlib_docstring_sentences, training_sentences
 from deepshrink.measure.embedding import EmbeddingEvaluator, agreement, default_split, top1
 
 
@@ -18,6 +18,8 @@ def test_text_is_real_deterministic_and_splits_disjointly() -> None:
     assert len(queries) == 200 and len(corpus) == 1000 and not set(queries) & set(corpus)
     extra = stdlib_docstring_sentences(100, exclude=set(corpus))
     assert len(extra) == 100 and not set(extra) & set(corpus)
+    train = training_sentences(queries + corpus)
+    assert len(train) > 1000 and not set(train) & (set(queries) | set(corpus)) and len(set(train)) == len(train)
     with pytest.raises(DataError, match="usable sentences"):
         python_doc_sentences(10**6)
     with pytest.raises(ConfigError):
