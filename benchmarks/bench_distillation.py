@@ -330,13 +330,9 @@ def _hinton_teacher(seed: int, quick: bool, folder: Path) -> Path:
     return path
 
 
-def run_ddp(seeds: list[int], quick: bool, threads: int, batches: list[int], workload: str = "lenet5") -> list[str]:
-    base = LENET if workload == "lenet5" else STUDENT
-    epochs = 1 if quick else base.epochs
-    rows, verdicts = [], []
-    start = time.perf_counter()
-    teachers: dict[int, Path] = {}
-    tmp = Path(tempfile.mkdtemp(prefix="bench_ddp_"))
+def _ddp_arms(seeds: list[int], quick: bool, threads: int, batches: list[int], workload: str, epochs: int,
+              tmp: Path, teachers: dict[int, Path], rows: list[list[str]], verdicts: list[str]) -> None:
+    """Train every arm for every batch and seed (alternated), appending table rows and verdicts."""
     if workload == "hinton":
         for seed in seeds:
             teachers[seed] = _hinton_teacher(seed, quick, tmp)
@@ -361,7 +357,19 @@ def run_ddp(seeds: list[int], quick: bool, threads: int, batches: list[int], wor
                 f"accuracy difference {acc2 - acc1:+.2f} pt (bar within 0.5: {'yes' if abs(acc2 - acc1) <= 0.5 else 'NO'}); "
                 f"fit time vs 1 process {fit2 / fit1:.2f}x, wall time incl. start {wall2 / wall1:.2f}x "
                 f"(bar <= 1: {'yes' if fit2 <= fit1 and wall2 <= wall1 else 'NO'})")
-    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_ddp(seeds: list[int], quick: bool, threads: int, batches: list[int], workload: str = "lenet5") -> list[str]:
+    base = LENET if workload == "lenet5" else STUDENT
+    epochs = 1 if quick else base.epochs
+    rows, verdicts = [], []
+    start = time.perf_counter()
+    teachers: dict[int, Path] = {}
+    tmp = Path(tempfile.mkdtemp(prefix="bench_ddp_"))
+    try:
+        _ddp_arms(seeds, quick, threads, batches, workload, epochs, tmp, teachers, rows, verdicts)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     what = ("LeNet-5 on mnist5k" if workload == "lenet5" else
             f"Hinton distillation (800-800 student, T={HINTON_T:g}, cached teacher outputs) on mnist5k")
     optim = f"Adam {LENET.lr:g}" if workload == "lenet5" else f"SGD {STUDENT.lr:g} momentum {STUDENT.momentum:g}"

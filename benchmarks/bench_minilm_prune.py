@@ -1,6 +1,7 @@
 """all-MiniLM-L6-v2: the structure axis of the Pareto front (FFN / head pruning, layer counts, fp32 or int8).
 
-Each configuration is built without training, from calibration sentences (standard-library docstrings):
+Each configuration is built without training, from calibration sentences (``training_sentences``: Python
+documentation topics not used by the evaluation, then standard-library docstrings):
 - FFN pruning per layer (lowest ``ffn_importance`` first), plain and with ``prune_ffn(..., refit=True)``
   (``deepshrink.transformers.refit``: each down-projection re-solved by ridge least squares so the kept
   neurons reproduce the original FFN output);
@@ -106,8 +107,8 @@ def main() -> None:
     queries, corpus = default_split(50, 250) if args.quick else default_split()
     evaluator = EmbeddingEvaluator(lambda s: encode(fp32, tok, s), queries, corpus)
     train = training_sentences(queries + corpus)
-    n_calib = 64 if args.quick else args.calib
-    calib = [tokenize(tok, train[i:i + 32]) for i in range(0, n_calib, 32)]
+    n_calib = min(64 if args.quick else args.calib, len(train))
+    calib = [tokenize(tok, train[i:min(i + 32, n_calib)]) for i in range(0, n_calib, 32)]
     example = tokenize(tok, (train * 2)[:32], pad_to=128)
     scores = ffn_importance(fp32, calib)
     base_macs = count_macs(fp32, example)
@@ -153,8 +154,9 @@ def main() -> None:
              f"Machine: {machine()}. Commit {git_rev()}. Command: `{command()}`.", "",
              f"Latency: batch 32 x 128 tokens, {args.threads} threads, PyTorch eager, median of "
              f"{2 if args.quick else args.rounds} interleaved rounds. Quality: {len(queries)} queries x {len(corpus)} "
-             f"corpus sentences (Python documentation) against fp32; {n_calib} calibration sentences (standard-library "
-             f"docstrings, disjoint), ridge {args.ridge:g}. int8 = torch dynamic int8 Linear kernels, per-channel, FFN "
+             f"corpus sentences (Python documentation) against fp32; {n_calib} calibration sentences (the first of "
+             f"`training_sentences`: Python documentation topics not used by the evaluation, then standard-library "
+             f"docstrings), ridge {args.ridge:g}. int8 = torch dynamic int8 Linear kernels, per-channel, FFN "
              "down-projections fp32. No distillation: bench_minilm.py has the distilled rows. Bars (issue 7): >= 3x, "
              "cosine >= 0.99, agreement >= 0.95." + (" QUICK smoke run: not results." if args.quick else ""), "",
              markdown_table(["configuration", "median ms", "speed-up", "MACs", "params", "mean cosine", "agreement",

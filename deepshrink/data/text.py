@@ -106,6 +106,8 @@ def stdlib_docstring_sentences(n: int | None = None, *, seed: int | None = 0, mi
 def training_sentences(exclude: Iterable[str]) -> list[str]:
     """Unlabeled text disjoint from ``exclude`` (e.g. an evaluation's queries and corpus), for calibration and
     distillation: the rest of Python's documentation topics, then the standard-library docstrings."""
+    if isinstance(exclude, (str, bytes)):
+        raise ConfigError("training_sentences: exclude must be a collection of sentences, not one string")
     used = set(exclude)
     return [s for s in python_doc_sentences() if s not in used] + stdlib_docstring_sentences(exclude=used)
 

@@ -232,7 +232,7 @@ def prune_heads(encoder: nn.Module, ratio: float, batches: Batches | None = None
     if refit and not batches:
         raise ConfigError("head pruning with refit=True needs calibration batches")
     from deepshrink.transformers.model import bert_layers
-    from deepshrink.transformers.refit import refit_attention_outputs
+    from deepshrink.transformers.refit import check_refit_inputs, refit_attention_outputs
 
     ratio = _check_ratio(ratio, "head")
     layers = bert_layers(encoder)
@@ -245,6 +245,9 @@ def prune_heads(encoder: nn.Module, ratio: float, batches: Batches | None = None
     if len(scores) != len(layers):
         raise ConfigError(f"got head scores for {len(scores)} layers, the model has {len(layers)}")
     keep = _select(scores, ratio, scope, round_to=1)
+    if refit:  # before any layer changes: a bad ridge or too little text leaves the model as it was
+        widest = max(len(k) for k in keep) * layers[0].attention.self.attention_head_size
+        batches = check_refit_inputs(batches, ridge, widest, "attention")
     originals = ([(copy.deepcopy(l.attention.self), copy.deepcopy(l.attention.output.dense)) for l in layers]
                  if refit else [])
     for layer, k in zip(layers, keep):
@@ -262,12 +265,12 @@ def prune_ffn(encoder: nn.Module, ratio: float, batches: Batches | None = None, 
 
     ``refit=True`` then re-solves each layer's down-projection by least squares on ``batches`` so the kept
     neurons reproduce the original FFN output (``deepshrink.transformers.refit``), with no training; its effect
-    on all-MiniLM-L6-v2 is in benchmarks/results/minilm_prune.md.
+    on all-MiniLM-L6-v2 is measured by benchmarks/bench_minilm_prune.py. ``ridge`` is used only with refit.
     """
     import copy
 
     from deepshrink.transformers.model import bert_layers
-    from deepshrink.transformers.refit import refit_ffn_outputs
+    from deepshrink.transformers.refit import check_refit_inputs, refit_ffn_outputs
 
     if not isinstance(refit, bool):
         raise ConfigError(f"refit must be True or False, got {refit!r}")
@@ -285,6 +288,8 @@ def prune_ffn(encoder: nn.Module, ratio: float, batches: Batches | None = None, 
             raise ConfigError("FFN pruning needs calibration batches or precomputed scores")
         scores = ffn_importance(encoder, batches)
     keep = _select(scores, ratio, scope, round_to)
+    if refit:  # before any layer changes: a bad ridge or too little text leaves the model as it was
+        batches = check_refit_inputs(batches, ridge, max(len(k) for k in keep), "FFN")
     originals = [(copy.deepcopy(l.intermediate), copy.deepcopy(l.output.dense)) for l in layers] if refit else []
     for layer, k in zip(layers, keep):
         prune_layer_ffn(layer, torch.tensor(k))

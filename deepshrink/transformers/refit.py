@@ -9,8 +9,8 @@ block's output ``y`` on the same block input (original weights, all neurons or h
     min_{W, b} sum_tokens ||W x + b - y||^2 + ridge * mean(diag(X^T X)) * ||W||^2,
 
 a ridge regression in closed form (normal equations accumulated in float64 over the batches). Layers are
-refit in order, each on the inputs produced by the already pruned and refit layers before it, so errors do
-not compound. A removed neuron or head whose output is close to a linear mix of kept ones costs almost
+refit in order, each fit on the inputs it will see (those of the already pruned and refit layers before it);
+earlier layers' errors are not undone, only not made worse by a fit on inputs that never occur. A removed neuron or head whose output is close to a linear mix of kept ones costs almost
 nothing. The same idea as bias/output compensation in structured LLM pruning (FLAP, An et al. 2024; SlimGPT).
 """
 
@@ -33,13 +33,27 @@ class _Stop(Exception):
     """Raised by the hook once a layer's statistics are taken: the layers above need not run."""
 
 
-def _check(batches: Batches, ridge: float, n_originals: int, n_layers: int, what: str) -> None:
-    if not batches:
-        raise ConfigError(f"the {what} refit needs calibration batches (input_ids, attention_mask)")
+def check_refit_inputs(batches: Batches, ridge: float, widest: int, what: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The calibration batches as a list, after checking ``ridge`` and that the batches hold more real tokens
+    than the widest kept projection input (``widest``) has features; called before any pruning happens."""
+    if isinstance(batches, (str, bytes)) or not isinstance(batches, Sequence) or not batches:
+        raise ConfigError(f"the {what} refit needs a non-empty list of calibration batches (input_ids, attention_mask)")
     if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not ridge >= 0:
         raise ConfigError(f"refit ridge must be a number >= 0, got {ridge!r}")
-    if n_originals != n_layers:
-        raise ModelError(f"refit got the original {what} of {n_originals} layers, the encoder has {n_layers}")
+    batches = list(batches)
+    tokens = int(sum(int(mask.sum()) for _, mask in batches))
+    if tokens <= widest:
+        raise ConfigError(f"the {what} refit needs more real calibration tokens than kept features "
+                          f"({tokens} <= {widest}): give more calibration sentences")
+    return batches
+
+
+def _eval_copies(originals: Sequence[tuple[nn.Module, nn.Linear]], n_layers: int, what: str) -> None:
+    if len(originals) != n_layers:
+        raise ModelError(f"refit got the original {what} of {len(originals)} layers, the encoder has {n_layers}")
+    for pair in originals:  # targets without dropout, whatever mode the copies were made in
+        for module in pair:
+            module.eval()
 
 
 @torch.no_grad()
@@ -50,7 +64,8 @@ def refit_ffn_outputs(encoder: nn.Module, batches: Batches, originals: Sequence[
     from deepshrink.transformers.model import bert_layers
 
     layers = bert_layers(encoder)
-    _check(batches, ridge, len(originals), len(layers), "FFN")
+    batches = check_refit_inputs(batches, ridge, max(l.output.dense.in_features for l in layers), "FFN")
+    _eval_copies(originals, len(layers), "FFN")
 
     def pair(inter0: nn.Module, out0: nn.Linear) -> Pair:
         return lambda args, _kw, out: (out, out0(inter0(args[0])))
@@ -67,7 +82,9 @@ def refit_attention_outputs(encoder: nn.Module, batches: Batches,
     from deepshrink.transformers.model import bert_layers
 
     layers = bert_layers(encoder)
-    _check(batches, ridge, len(originals), len(layers), "attention")
+    batches = check_refit_inputs(batches, ridge, max(l.attention.output.dense.in_features for l in layers),
+                                 "attention")
+    _eval_copies(originals, len(layers), "attention")
 
     def first(out: Any) -> torch.Tensor:
         return out[0] if isinstance(out, tuple) else out
@@ -128,13 +145,19 @@ def _refit_one(encoder: nn.Module, batches: Batches, tap: nn.Module, with_kwargs
                 pass
     finally:
         handle.remove()
+    if count == 0:
+        raise ModelError(f"the refit saw no activations at {type(tap).__name__}: the encoder never ran it")
     if count <= k:
         raise ConfigError(f"the refit needs more real tokens than kept features ({count} <= {k}): "
                           "give more calibration sentences")
     reg = ridge * gram.diagonal()[:-1].mean()
     eye = torch.eye(k + 1, dtype=gram.dtype, device=dev)
     eye[-1, -1] = 0.0  # the bias is not shrunk
-    solution = torch.linalg.solve(gram + reg * eye, cross)
+    try:
+        solution = torch.linalg.solve(gram + reg * eye, cross)
+    except RuntimeError:  # torch.linalg.LinAlgError: a singular system (ridge 0, collinear features)
+        raise ModelError("the refit's least-squares system is singular: use ridge > 0 or more calibration "
+                         "sentences") from None
     if not torch.isfinite(solution).all():
         raise ModelError("the refit gave non-finite weights; give more calibration sentences or a larger ridge")
     # unexplained variance from the normal equations: sum ||y - X s||^2 = sum y^2 - 2 s.C + s.G s
@@ -145,4 +168,4 @@ def _refit_one(encoder: nn.Module, batches: Batches, tap: nn.Module, with_kwargs
     return float((sse / total.clamp(min=1e-30)).clamp(min=0.0))
 
 
-__all__ = ["refit_attention_outputs", "refit_ffn_outputs"]
+__all__ = ["check_refit_inputs", "refit_attention_outputs", "refit_ffn_outputs"]

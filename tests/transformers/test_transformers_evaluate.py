@@ -20,6 +20,8 @@ def test_text_is_real_deterministic_and_splits_disjointly() -> None:
     assert len(extra) == 100 and not set(extra) & set(corpus)
     train = training_sentences(queries + corpus)
     assert len(train) > 1000 and not set(train) & (set(queries) | set(corpus)) and len(set(train)) == len(train)
+    with pytest.raises(ConfigError, match="not one string"):
+        training_sentences(queries[0])
     with pytest.raises(DataError, match="usable sentences"):
         python_doc_sentences(10**6)
     with pytest.raises(ConfigError):

@@ -79,7 +79,7 @@ def test_refit_bad_input_is_reported_clearly(tiny, tokenizer, sentences):
         prune_ffn(copy.deepcopy(tiny), 0.5, batches, refit="yes")
     with pytest.raises(ConfigError, match="ridge"):
         refit_ffn_outputs(tiny, batches, originals, ridge=-1.0)
-    with pytest.raises(ConfigError, match="more real tokens than kept features"):
+    with pytest.raises(ConfigError, match="more real calibration tokens than kept features"):
         refit_ffn_outputs(tiny, [tokenize(tokenizer, sentences[:1])], originals)
 
 
@@ -113,3 +113,23 @@ def test_head_refit_brings_each_attention_output_closer_and_keeps_shapes(tiny, t
         assert fitted(ids, mask).shape == tiny(ids, mask).shape
     with pytest.raises(ConfigError, match="needs calibration batches"):
         prune_heads(copy.deepcopy(tiny), 0.5, scores=scores, refit=True)
+
+
+def test_refit_ignores_dropout_restores_the_mode_and_leaves_the_model_alone_on_bad_input(tiny, tokenizer, sentences):
+    batches = _batches(tokenizer, sentences)
+    scores = head_contribution(tiny, batches)
+    results = []
+    for seed in (1, 2):  # in train mode, attention dropout would make the refit's targets random
+        model = copy.deepcopy(tiny).train()
+        torch.manual_seed(seed)
+        prune_heads(model, 0.5, batches, scores=scores, scope="layer", refit=True)
+        assert model.training
+        results.append(bert_layers(model)[0].attention.output.dense.weight.detach().clone())
+    assert torch.equal(results[0], results[1])
+    untouched = copy.deepcopy(tiny)
+    with pytest.raises(ConfigError, match="ridge"):
+        prune_ffn(untouched, 0.5, batches, refit=True, ridge=-1.0)
+    with pytest.raises(ConfigError, match="more real calibration tokens"):
+        prune_heads(untouched, 0.5, [tokenize(tokenizer, sentences[:1])], refit=True)
+    assert [l.intermediate.dense.out_features for l in bert_layers(untouched)] == [64, 64]
+    assert [l.attention.self.query.out_features for l in bert_layers(untouched)] == [32, 32]
