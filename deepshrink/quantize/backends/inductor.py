@@ -11,8 +11,10 @@ C++ once, at conversion: about 10 s for LeNet-5).
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -80,43 +82,78 @@ def to_inductor(model: nn.Module, batches: list[torch.Tensor], *, batch_size: in
     """
     from deepshrink.quantize.backends.onnxruntime import cpu_has_vnni
 
-    for what, value in (("batch_size", batch_size), ("threads", threads)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ConfigError(f"inductor backend: {what} must be a positive integer, got {value!r}")
-    xiq, prepare_pt2e, convert_pt2e = _needs()
     if reduce_range is None:
         reduce_range = not cpu_has_vnni()
+    _check_positive(batch_size=batch_size, threads=threads)
     shaped = torch.cat(batches)
     if len(shaped) < batch_size:  # repeat samples so the example has the compiled batch size
         shaped = shaped.repeat((batch_size + len(shaped) - 1) // len(shaped), *([1] * (shaped.dim() - 1)))
-    chunks = [c for c in shaped.split(batch_size) if len(c) == batch_size]
-    import torch._inductor.config as inductor_config
+    chunks = [(c,) for c in shaped.split(batch_size) if len(c) == batch_size]
+    compiled = compile_pt2e(model, chunks[0], chunks, reduce_range=reduce_range, threads=threads)
+    return CompiledInt8(compiled, batch_size)
+
+
+def _check_positive(**values: int | None) -> None:
+    for what, value in values.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"inductor backend: {what} must be a positive integer, got {value!r}")
+
+
+def compile_pt2e(model: nn.Module, example: tuple[torch.Tensor, ...],
+                 calibration: Sequence[tuple[torch.Tensor, ...]] = (), *, dynamic: bool = False,
+                 reduce_range: bool = False, weight_bits: int = 8, skip: Sequence[str] = (),
+                 threads: int | None = None) -> Any:
+    """Export ``model`` at ``example``'s shapes, annotate it with the X86 quantizer (modules named in
+    ``skip`` stay float), calibrate on ``calibration`` (static activations) or quantize activations per
+    call (``dynamic``), convert and compile with freezing (done here, on one call with ``example``).
+
+    ``weight_bits`` 7 keeps per-channel weights in [-64, 63]: with full 8-bit activations AVX2's
+    int16 pair sums cannot saturate either. Returns the compiled callable (static shapes).
+    """
+    _check_positive(threads=threads)
+    if weight_bits not in (7, 8):
+        raise ConfigError(f"inductor backend: weight_bits must be 7 or 8, got {weight_bits!r}")
+    xiq, prepare_pt2e, convert_pt2e = _needs()
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            exported = torch.export.export(model, (chunks[0],)).module()
+            exported = torch.export.export(model, tuple(example)).module()
         except Exception as exc:  # export raises many types for untraceable models
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ModelError(f"torch.export cannot trace {type(model).__name__} for the inductor backend: "
                              f"{first}") from None
+        config = xiq.get_default_x86_inductor_quantization_config(is_dynamic=dynamic, reduce_range=reduce_range)
+        if weight_bits < 8:
+            lim = 2 ** (weight_bits - 1)
+            config = dataclasses.replace(config, weight=dataclasses.replace(config.weight, quant_min=-lim,
+                                                                            quant_max=lim - 1))
         quantizer = xiq.X86InductorQuantizer()
-        quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(reduce_range=reduce_range))
+        quantizer.set_global(config)
+        for name in skip:
+            quantizer.set_module_name_qconfig(name, None)
         prepared = prepare_pt2e(exported, quantizer)
         with torch.no_grad():
-            for c in chunks:
-                prepared(c)
-        compiled = torch.compile(convert_pt2e(prepared))
-        # freezing folds the weights into prepacked oneDNN int8 kernels; it must be on when compiling,
-        # which happens here, on the first call (the input shape never changes afterwards)
-        old_threads = torch.get_num_threads()
-        torch.set_num_threads(threads or old_threads)
-        try:
-            with inductor_config.patch(freezing=True), torch.inference_mode():
-                compiled(chunks[0])
-        finally:
-            torch.set_num_threads(old_threads)
-    return CompiledInt8(compiled, batch_size)
+            for batch in calibration:
+                prepared(*batch)
+        return compile_frozen(convert_pt2e(prepared), example, threads)
 
 
-__all__ = ["INDUCTOR_KERNEL_TYPES", "CompiledInt8", "to_inductor"]
+def compile_frozen(module: nn.Module, example: tuple[torch.Tensor, ...], threads: int | None) -> Any:
+    """``torch.compile(module)``, compiled now by one call with ``example`` under weight freezing (which folds
+    the weights into prepacked oneDNN int8 kernels; it must be on when compiling) at ``threads`` OpenMP threads
+    (fixed into the generated code; default the current count)."""
+    import torch._inductor.config as inductor_config
+
+    compiled = torch.compile(module)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or old_threads)
+    try:
+        with inductor_config.patch(freezing=True), torch.inference_mode():
+            compiled(*example)
+    finally:
+        torch.set_num_threads(old_threads)
+    return compiled
+
+
+__all__ = ["INDUCTOR_KERNEL_TYPES", "CompiledInt8", "compile_frozen", "compile_pt2e", "to_inductor"]

@@ -1,0 +1,193 @@
+"""compile_int8 (torch.export + X86InductorQuantizer + Inductor freezing) on a tiny random BERT encoder: the
+generated code runs oneDNN int8 Linear kernels (skipped layers stay fp32), outputs track the float model
+at any batch size / shorter sequences, bad input gives clear errors."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from deepshrink.core.errors import ConfigError, DataError, ModelError
+from deepshrink.transformers import build_encoder, tokenize
+from deepshrink.transformers.inductor import FFN_OUT, compile_int8, linear_names
+
+pytest.importorskip("torchao")
+if shutil.which("g++") is None and shutil.which("c++") is None:
+    pytest.skip("Inductor needs a C++ compiler", allow_module_level=True)
+
+
+TINY = {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "intermediate_size": 64, "max_position_embeddings": 64}
+
+
+def tiny_encoder(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_encoder(dict(TINY)).eval()
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=-1).min())
+
+
+@pytest.fixture(scope="module")
+def compiled(tokenizer, sentences):
+    from torch._inductor.utils import run_and_get_code
+
+    model = tiny_encoder()
+    example = tokenize(tokenizer, (sentences * 2)[:8], pad_to=24)
+    int8, code = run_and_get_code(lambda: compile_int8(model, example, skip=[FFN_OUT]))
+    return model, int8, "\n".join(code)
+
+
+@pytest.mark.slow
+def test_generated_code_runs_onednn_int8_linears_and_keeps_skipped_layers_fp32(compiled) -> None:
+    _, int8, code = compiled
+    calls = [line for line in code.splitlines() if "onednn.qlinear_pointwise" in line and "assert" not in line]
+    assert len(calls) == 10  # oneDNN integer GEMMs for the 10 quantized Linears (2 layers x 6, minus FFN-out)
+    assert "_mkl_linear" in code or "addmm" in code  # the two fp32 FFN down-projections
+    assert int8.skipped == ["bert.encoder.layer.0.output.dense", "bert.encoder.layer.1.output.dense"]
+    assert len(int8.quantized) == 10 and int8.activations == "per-token"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n, length", [(8, 24), (3, 24), (11, None)])
+def test_outputs_track_the_float_model_at_any_batch_and_shorter_sequences(compiled, tokenizer, sentences,
+                                                                          n: int, length: int | None) -> None:
+    model, int8, _ = compiled
+    text = (sentences * 2)[:n]
+    ids, mask = tokenize(tokenizer, text, pad_to=length) if length else tokenize(tokenizer, text)
+    with torch.no_grad():
+        ref = model(ids, mask)
+    got = int8(ids, mask)
+    assert got.shape == ref.shape
+    assert _cos(got, ref) > 0.98 and not torch.equal(got, ref)  # quantized, yet close
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("activations", ["per-tensor", "static"])
+def test_uint8_schemes_run_onednn_kernels_and_stay_close(tokenizer, sentences, activations: str) -> None:
+    from torch._inductor.utils import run_and_get_code
+
+    model = tiny_encoder(1)
+    example = tokenize(tokenizer, sentences[:4], pad_to=16)
+    if activations == "static":
+        with pytest.raises(DataError, match="calibration"):
+            compile_int8(model, example, activations="static")
+    int8, code = run_and_get_code(lambda: compile_int8(model, example, activations=activations,
+                                                       calibration=[example]))
+    code = "\n".join(code)
+    assert "onednn.qlinear_pointwise" in code
+    assert ("choose_qparams" in code) == (activations == "per-tensor")  # range computed per call or calibrated
+    with torch.no_grad():
+        ref = model(*example)
+    assert int8.activations == activations and _cos(int8(*example), ref) > 0.97
+
+
+@pytest.mark.slow
+def test_the_compiled_encoder_is_inference_only_and_refuses_longer_sequences(compiled, tokenizer, sentences) -> None:
+    _, int8, _ = compiled
+    assert int8.eval() is int8
+    with pytest.raises(ModelError, match="inference only"):
+        int8.train()
+    ids, mask = tokenize(tokenizer, sentences[:2], pad_to=40)
+    with pytest.raises(ConfigError, match="compiled length 24"):
+        int8(ids, mask)
+    with pytest.raises(DataError, match="same shape"):
+        int8(ids, mask[:, :5])
+
+
+def test_bad_options_are_clear_errors(tiny, tokenizer, sentences) -> None:
+    example = tokenize(tokenizer, sentences[:2], pad_to=16)
+    with pytest.raises(ConfigError, match="matches no Linear"):
+        compile_int8(tiny, example, skip=["layer\\.9\\."])
+    with pytest.raises(ConfigError, match="bad regex"):
+        compile_int8(tiny, example, skip=["("])
+    with pytest.raises(ConfigError, match="nothing to quantize"):
+        compile_int8(tiny, example, skip=["."])
+    with pytest.raises(ConfigError, match="not a single string"):
+        compile_int8(tiny, example, skip=FFN_OUT)
+    with pytest.raises(DataError, match="pair"):
+        compile_int8(tiny, example[0])
+    with pytest.raises(DataError, match="integer"):
+        compile_int8(tiny, (example[0].float(), example[1]))
+    with pytest.raises(DataError, match="shape"):
+        compile_int8(tiny, example, activations="static",
+                     calibration=[tokenize(tokenizer, sentences[:3], pad_to=16)])
+    with pytest.raises(ConfigError, match="activations"):
+        compile_int8(tiny, example, activations="per-channel")
+    with pytest.raises(ConfigError, match="per-tensor and static"):
+        compile_int8(tiny, example, reduce_range=True)
+    with pytest.raises(ConfigError, match="weight_bits"):
+        compile_int8(tiny, example, activations="per-tensor", weight_bits=4)
+    with pytest.raises(ConfigError, match="threads"):
+        compile_int8(tiny, example, threads=0)
+    with pytest.raises(ModelError, match="nn.Module"):
+        compile_int8(lambda i, m: i, example)
+
+
+def test_nan_weights_are_refused(tiny, tokenizer, sentences) -> None:
+    with torch.no_grad():
+        tiny.bert.encoder.layer[0].intermediate.dense.weight[0, 0] = float("nan")
+    with pytest.raises(ModelError, match="intermediate.dense.weight.*NaN"):
+        compile_int8(tiny, tokenize(tokenizer, sentences[:2], pad_to=16))
+
+
+def test_linear_names_split_quantized_and_skipped(tiny) -> None:
+    quantized, skipped = linear_names(tiny, [FFN_OUT, r"layer\.0\.attention\.self\.query$"])
+    assert skipped == ["bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.0.output.dense",
+                       "bert.encoder.layer.1.output.dense"]
+    assert len(quantized) == 9 and not set(quantized) & set(skipped)
+
+
+def test_smoothing_keeps_the_float_function_and_shares_the_qkv_scale(tiny, tokenizer, sentences) -> None:
+    from deepshrink.transformers.inductor import SmoothedLinear, smooth_linears
+
+    ids, mask = tokenize(tokenizer, sentences)
+    with torch.no_grad():
+        ref = tiny(ids, mask)
+        # a planted outlier channel in the hidden state (as BERT's LayerNorm outputs have)
+        tiny.bert.embeddings.LayerNorm.weight[3] = 20.0
+        planted = tiny(ids, mask)
+    quantized, _ = linear_names(tiny)
+    new = smooth_linears(tiny, [(ids, mask)], quantized, alpha=0.5)
+    assert len(new) == 12 and all(n.endswith(".linear") for n in new)
+    att = tiny.bert.encoder.layer[0].attention.self
+    assert isinstance(att.query, SmoothedLinear) and att.query.inv_scale is att.key.inv_scale is att.value.inv_scale
+    assert float(att.query.inv_scale[3]) < float(att.query.inv_scale.median())  # the outlier channel scaled down
+    with torch.no_grad():
+        got = tiny(ids, mask)
+    assert torch.allclose(got, planted, atol=1e-5) and not torch.allclose(planted, ref, atol=1e-3)
+    with pytest.raises(ConfigError, match="alpha"):
+        smooth_linears(tiny, [(ids, mask)], [], alpha=1.5)
+    with pytest.raises(DataError, match="calibration"):
+        smooth_linears(tiny, [], [], alpha=0.5)
+
+
+@pytest.mark.slow
+def test_smoothed_per_token_int8_stays_close(tokenizer, sentences) -> None:
+    model = tiny_encoder(2)
+    example = tokenize(tokenizer, sentences[:4], pad_to=16)
+    int8 = compile_int8(model, example, smooth=0.5, calibration=[tokenize(tokenizer, sentences)])
+    with torch.no_grad():
+        ref = model(*example)
+    assert int8.smooth == 0.5 and _cos(int8(*example), ref) > 0.98
+    with pytest.raises(ConfigError, match="per-token"):
+        compile_int8(model, example, activations="per-tensor", smooth=0.5)
+
+
+@pytest.mark.slow
+def test_calls_of_any_batch_and_grad_mode_reuse_the_frozen_graph(compiled, tokenizer, sentences) -> None:
+    from torch._dynamo.utils import counters
+
+    _, int8, _ = compiled
+    int8(*tokenize(tokenizer, sentences[:3], pad_to=24))  # first call after the others ran
+    before = dict(counters["stats"])
+    int8(*tokenize(tokenizer, sentences[:3], pad_to=24))
+    int8(*tokenize(tokenizer, sentences * 2))
+    with torch.no_grad():
+        int8(*tokenize(tokenizer, sentences[:5]))
+    with torch.inference_mode():
+        int8(*tokenize(tokenizer, sentences[:3], pad_to=24))  # inference tensors, padded inside
+    assert dict(counters["stats"]) == before  # no recompilation (it would drop the int8 freezing)
