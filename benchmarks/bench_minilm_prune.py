@@ -90,6 +90,9 @@ def main() -> None:
     ap.add_argument("--ridge", type=float, default=1e-4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--block", type=int, default=2,
+                    help="timed calls per candidate per round; above 1, one untimed call first settles the previous "
+                         "candidate's thread pool")
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--quick", action="store_true", help="5 configurations, 50 x 250 sentences, 2 rounds")
     ap.add_argument("--result-name", default=None)
@@ -138,7 +141,7 @@ def main() -> None:
         models[name] = model
     if not args.no_latency:
         lat = compare_latency({n: m for n, m in models.items()}, example, rounds=2 if args.quick else args.rounds,
-                              warmup=1, threads=args.threads)
+                              warmup=1, threads=args.threads, block=args.block)
         for r in rows:
             r["ms"] = lat[r["name"]].median_ms
         for r in rows:
@@ -153,7 +156,8 @@ def main() -> None:
     lines = ["## all-MiniLM-L6-v2: structure Pareto front (pruning, layers, fp32/int8), no training", "",
              f"Machine: {machine()}. Commit {git_rev()}. Command: `{command()}`.", "",
              f"Latency: batch 32 x 128 tokens, {args.threads} threads, PyTorch eager, median of "
-             f"{2 if args.quick else args.rounds} interleaved rounds. Quality: {len(queries)} queries x {len(corpus)} "
+             f"{2 if args.quick else args.rounds} interleaved rounds ({args.block} timed calls per candidate per "
+             "round, after an untimed one when above 1). Quality: {len(queries)} queries x {len(corpus)} "
              f"corpus sentences (Python documentation) against fp32; {n_calib} calibration sentences (the first of "
              f"`training_sentences`: Python documentation topics not used by the evaluation, then standard-library "
              f"docstrings), ridge {args.ridge:g}. int8 = torch dynamic int8 Linear kernels, per-channel, FFN "
