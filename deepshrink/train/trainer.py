@@ -92,8 +92,8 @@ def default_device() -> torch.device:
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     """Adam or SGD with the multi-tensor (``foreach``) implementation, which torch picks only on CUDA by default.
 
-    On CPU it gives bit-identical updates to the per-parameter loop (tested) at a fraction of the per-step
-    overhead: 1.0 instead of 3.6 ms per Adam step for LeNet-5 at 1 thread.
+    On CPU it gives bit-identical updates to the per-parameter loop (tested) at a fraction of its per-step
+    Python and dispatch overhead (one call per group of tensors instead of several per parameter).
     """
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)

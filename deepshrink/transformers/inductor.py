@@ -10,8 +10,8 @@ calibrated range (torch.export + torchao's X86InductorQuantizer, ``deepshrink.qu
 whose GELU inputs have outliers).
 
 The compiled graph has static shapes: ``CompiledEncoder`` pads shorter sequences (mask 0) and cuts
-batches into chunks of the compiled batch size. Needs torchao and a C++ compiler (compiling MiniLM takes
-20-50 s on 2 cores). See docs/transformers.md.
+batches into chunks of the compiled batch size. Needs torchao and a C++ compiler (compiling MiniLM took
+18-23 s on a quiet 2-core machine in benchmarks/results/minilm.md). See docs/transformers.md.
 """
 
 from __future__ import annotations
@@ -187,9 +187,10 @@ def compile_int8(encoder: nn.Module, example: tuple[torch.Tensor, torch.Tensor],
     dynamic) or ``static`` (uint8 ranges calibrated on ``calibration`` batches of the example's shape).
     ``weight_bits=7`` (default on CPUs without VNNI) keeps AVX2's int16 pair sums (``vpmaddubsw``) from
     saturating: measured on MiniLM, 8-bit weights there lose accuracy to saturation, most with smoothing;
-    ``reduce_range`` (7-bit uint8 activations, uint8 schemes only) is the other remedy, measured worse. ``smooth``: SmoothQuant strength alpha (e.g. 0.5) for the per-token scheme,
-    per-channel activation maxima measured on ``calibration`` (any padding; use training text, not the
-    evaluation text). ``threads``: the kernels' thread count, fixed at compile time.
+    ``reduce_range`` (7-bit uint8 activations, uint8 schemes only) is the other remedy, measured worse.
+    ``smooth``: SmoothQuant strength alpha (e.g. 0.5) for the per-token scheme, per-channel activation
+    maxima measured on ``calibration`` (any padding; use training text, not the evaluation text).
+    ``threads``: the kernels' thread count, fixed at compile time.
     """
     from deepshrink.quantize.backends.inductor import compile_pt2e
 
@@ -213,10 +214,6 @@ def compile_int8(encoder: nn.Module, example: tuple[torch.Tensor, torch.Tensor],
     bad = [n for n, p in encoder.named_parameters() if not bool(torch.isfinite(p).all())]
     if bad:
         raise ModelError(f"{type(encoder).__name__}: {bad[0]} has NaN or infinite values")
-    quantized, skipped = linear_names(encoder, skip)
-    config = getattr(encoder, "config", None)
-    pad_id = getattr(config, "pad_token_id", None)
-    model = _float_copy(encoder)
     if activations == "per-token" and reduce_range:
         raise ConfigError("reduce_range applies to the per-tensor and static schemes (use weight_bits=7)")
     if weight_bits is None:
@@ -225,6 +222,9 @@ def compile_int8(encoder: nn.Module, example: tuple[torch.Tensor, torch.Tensor],
         weight_bits = 8 if cpu_has_vnni() else 7
     if weight_bits not in (7, 8):
         raise ConfigError(f"weight_bits must be 7 or 8, got {weight_bits!r}")
+    quantized, skipped = linear_names(encoder, skip)
+    pad_id = getattr(getattr(encoder, "config", None), "pad_token_id", None)
+    model = _float_copy(encoder)
     if activations == "per-token":
         names = smooth_linears(model, batches, quantized, smooth) if smooth is not None else quantized
         compiled = _compile_per_token(model, (ids, mask), set(names), threads, weight_bits)
