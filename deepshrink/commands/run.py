@@ -109,7 +109,8 @@ def register(sub: Any) -> None:
     run.add_argument("--model", help="zoo name or package.module:factory (default: the recipe's model:)")
     run.add_argument("--model-args", type=_model_args, help="JSON object of arguments for the model factory")
     run.add_argument("--weights", help="trained weights (.safetensors or .dsk): leading finetune stages are skipped")
-    run.add_argument("--data", help="dataset name or folder (default: the recipe's dataset:)")
+    run.add_argument("--data", help="dataset name or folder, or a text dataset (pydocs) for sentence encoders "
+                                    "(default: the recipe's dataset:)")
     run.add_argument("--out", help="output folder (default: out/run/<recipe name>)")
     run.add_argument("--seed", type=int, help="override the recipe's seed")
     run.add_argument("--quick", action="store_true", help="smoke run: 1 epoch per training, 1,024 training samples")

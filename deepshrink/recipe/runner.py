@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from deepshrink.recipe import schema as S
 from deepshrink.recipe import stages as ops
 from deepshrink.recipe.loader import LineMap, recipe_to_dict
 from deepshrink.recipe.models import load_model, load_weights, model_factory, save_model
+from deepshrink.recipe.text_stages import EmbeddingScorer
 from deepshrink.train import seed_everything
 
 STATE_FILE = "state.json"
@@ -72,7 +73,7 @@ def quick_recipe(recipe: S.Recipe) -> S.Recipe:
         for key in ("retrain", "finetune", "train"):
             if isinstance(getattr(st, key, None), S.TrainSpec):
                 upd[key] = shrink(getattr(st, key))
-        if isinstance(st, S.PruneStage):
+        if isinstance(st, S.PruneStage) and st.method not in S.TRANSFORMER_PRUNING:
             upd["steps"] = 1
         stages.append(st.model_copy(update=upd))
     return recipe.model_copy(update={"stages": stages})
@@ -183,6 +184,7 @@ def run_recipe(recipe: S.Recipe, *, model: nn.Module | str | None = None, model_
     """
     from deepshrink.data import DataSplits
     from deepshrink.data import load as load_data
+    from deepshrink.data.sentences import TextSplits, is_text_dataset, load_text
 
     if quick:
         recipe = quick_recipe(recipe)
@@ -202,16 +204,28 @@ def run_recipe(recipe: S.Recipe, *, model: nn.Module | str | None = None, model_
         data = recipe.dataset
     if data is None:
         raise ConfigError("no dataset given: pass --data NAME_OR_PATH or set dataset: in the recipe")
-    splits = data if isinstance(data, DataSplits) else load_data(data)
-    train = Subset(splits.train, range(min(QUICK_TRAIN, len(splits.train)))) if quick else splits.train
-    example = splits.test.tensors[0][:1]
+    if isinstance(data, (DataSplits, TextSplits)):
+        splits = data
+    else:
+        splits = load_text(data) if is_text_dataset(data) else load_data(data)
+    text = splits if isinstance(splits, TextSplits) else None
+    train = None if text is not None else (  # sentence encoders: calibration text only, no labelled data
+        Subset(splits.train, range(min(QUICK_TRAIN, len(splits.train)))) if quick else splits.train)
     seed_everything(recipe.seed)
     net = factory()
     if weights is not None:
         load_weights(net, weights)
+    example: Any
+    if text is not None:
+        limit = getattr(net, "max_length", None)
+        if isinstance(limit, int) and 2 <= limit < text.max_length:  # tokenize no longer than the model takes
+            text = splits = replace(text, max_length=limit)
+        example = text.example()
+    else:
+        example = splits.test.tensors[0][:1]
     fingerprint = _fingerprint(recipe, spec_name, splits.name, os.fspath(weights) if weights else None, quick)
     names = S.stage_names(recipe)
-    _preflight(recipe, net, lines, source)
+    _preflight(recipe, net, lines, source, text is not None)
 
     created = out is not None and not Path(out).exists()
     tmp = None
@@ -227,8 +241,9 @@ def run_recipe(recipe: S.Recipe, *, model: nn.Module | str | None = None, model_
             for stale in (folder / "checkpoints").glob("*.pt"):
                 stale.unlink()
         run.save_state()  # claims the folder for this run: checkpoints of another recipe are never resumed
-        state = ops.RunState(net, train, splits.train, example, seed=recipe.seed, progress=progress,
-                             checkpoint_dir=ensure_dir(folder / "checkpoints"), factory=factory)
+        state = ops.RunState(net, train, None if text is not None else splits.train, example, seed=recipe.seed,
+                             progress=progress, checkpoint_dir=ensure_dir(folder / "checkpoints"), factory=factory,
+                             text=text)
         result = _execute(run, state, folder, names, splits, eval_fn, pretrained,
                           recipe.latency if latency is None else latency, lines, source, spec_name)
     except BaseException as exc:
@@ -242,8 +257,27 @@ def run_recipe(recipe: S.Recipe, *, model: nn.Module | str | None = None, model_
     return result
 
 
-def _preflight(recipe: S.Recipe, model: nn.Module, lines: LineMap | None, source: str | None) -> None:
-    """Layer patterns of the stages before the first architecture change must match the model."""
+def _preflight(recipe: S.Recipe, model: nn.Module, lines: LineMap | None, source: str | None,
+               text: bool = False) -> None:
+    """Layer patterns of the stages before the first architecture change must match the model; on a text
+    dataset every stage must work without labels and the model must be a BERT-family sentence encoder."""
+    if text:
+        from deepshrink.recipe.text_stages import check_text_stage
+        from deepshrink.transformers.model import bert_layers
+
+        bert_layers(model)
+        for i, stage in enumerate(recipe.stages):
+            try:
+                check_text_stage(stage)
+            except ConfigError as exc:
+                raise StageError(f"{_where(i, stage, lines, source)}: {exc}") from None
+    elif any(isinstance(st, S.PruneStage) and st.method in S.TRANSFORMER_PRUNING or
+             isinstance(st, S.QuantizeStage) and st.scheme == "int8_per_token" for st in recipe.stages):
+        i, stage = next((i, st) for i, st in enumerate(recipe.stages)
+                        if getattr(st, "method", None) in S.TRANSFORMER_PRUNING
+                        or getattr(st, "scheme", None) == "int8_per_token")
+        raise StageError(f"{_where(i, stage, lines, source)}: needs a text dataset (e.g. --data pydocs) and a "
+                         "BERT-family sentence encoder (e.g. --model minilm)")
     for i, stage in enumerate(recipe.stages):
         if isinstance(stage, (S.FactorizeStage, S.DistillStage)) or (
                 isinstance(stage, S.PruneStage) and stage.method == "structured"):
@@ -260,13 +294,18 @@ def _execute(run: _Run, state: ops.RunState, folder: Path, names: list[str], spl
     from deepshrink.report.run import record_stage
 
     recipe = run.recipe
-    eval_data = None if eval_fn is not None else splits.test
+    scorer = EmbeddingScorer(state.text) if state.text is not None and eval_fn is None else None
+    eval_data = None if eval_fn is not None or scorer is not None else splits.test
 
     def measure(name: str, kind: str, path: Path | None, seconds: float | None) -> dict[str, Any]:
         rec = record_stage(name, kind, state.model, example_inputs=state.example, eval_data=eval_data,
                            artifact_path=path, seconds=seconds, latency=latency)
         if eval_fn is not None:
             rec["accuracy"] = float(eval_fn(state.model))
+        elif scorer is not None:
+            if name == "baseline":
+                scorer.set_reference(state.model)
+            rec.update(scorer(state.model))
         return rec
 
     n_base = S.baseline_stage_count(recipe)  # index of the first compression stage
@@ -276,6 +315,11 @@ def _execute(run: _Run, state: ops.RunState, folder: Path, names: list[str], spl
         if name in done:
             last = done[name]
     resumed = [n for n in names if n in done]
+    if scorer is not None and run.state["baseline"] is not None:  # resumed: the baseline is the reference
+        scorer.set_reference(load_model(folder / run.state.get("baseline_resume", "baseline.dsk"), state.factory))
+        state.notes.append(scorer.note)
+    elif scorer is not None:
+        state.notes.append(scorer.note)
     if last is not None:  # resume from the last completed stage's artifact
         state.model = load_model(folder / last["resume_artifact"], state.factory)
         _reattach(state.model, last.get("attached", {}))

@@ -29,6 +29,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
+TRANSFORMER_PRUNING = ("heads", "ffn")
 STAGE_KINDS = ("prune", "quantize", "cluster", "factorize", "distill", "finetune", "encode", "export")
 Unit = Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
 Bits = Annotated[int, Field(ge=1, le=8)]
@@ -69,6 +70,12 @@ def pattern_regex(pattern: str) -> str:
 Pattern = Annotated[str, Field(min_length=1), AfterValidator(check_pattern)]
 
 
+def _changed(model: BaseModel, *keys: str) -> list[str]:
+    """Those of ``keys`` whose value differs from the field's default (a full dump validates back)."""
+    fields = type(model).model_fields
+    return [k for k in keys if getattr(model, k) != fields[k].get_default(call_default_factory=True)]
+
+
 class Selection(_Frozen):
     """Which layers a stage touches: patterns (all prunable layers when omitted) minus exclusions."""
 
@@ -103,10 +110,12 @@ class StageBase(Selection):
 class PruneStage(StageBase):
     """Pruning to ``sparsity`` of the weights. ``method``: ``magnitude`` (Han et al. / Deep Compression: per-layer
     |w| masks over ``steps`` iterative rounds, round r retrained with seed + r), ``unstructured`` (the pruning
-    engine: any importance, scope, schedule, N:M) or ``structured`` (channels removed)."""
+    engine: any importance, scope, schedule, N:M), ``structured`` (channels removed), or, for BERT-family
+    sentence encoders on a text dataset, ``heads`` / ``ffn`` (``sparsity`` of the attention heads / FFN neurons
+    removed, ranked on ``calibration`` sentences, optionally followed by a least-squares ``refit``)."""
 
     kind: Literal["prune"] = "prune"
-    method: Literal["magnitude", "unstructured", "structured"] = "unstructured"
+    method: Literal["magnitude", "unstructured", "structured", "heads", "ffn"] = "unstructured"
     sparsity: Unit = 0.5
     overrides: dict[Pattern, Unit] = Field(default_factory=dict)
     importance: str = "l1"
@@ -117,6 +126,9 @@ class PruneStage(StageBase):
     nm: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=2, max_length=2)] | None = None
     threshold: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] | None = None
     round_to: Annotated[int, Field(ge=1)] = 1
+    refit: bool = False
+    ridge: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 1e-4
+    calibration: Annotated[int, Field(ge=1)] = 512
 
     @field_validator("importance")
     @classmethod
@@ -135,6 +147,14 @@ class PruneStage(StageBase):
                                            or self.threshold is not None or self.schedule not in ("oneshot", "iterative")):
             raise ValueError("method: magnitude is per-layer |w| with a oneshot or iterative schedule; "
                              "use method: unstructured for other importance, scope, N:M or threshold settings")
+        if self.method in TRANSFORMER_PRUNING:
+            used = _changed(self, "importance", "schedule", "steps", "retrain", "nm", "threshold", "overrides",
+                            "layers", "exclude", "exclude_first", "exclude_last")
+            if used:
+                raise ValueError(f"{used[0]}: not used by method {self.method} (it takes sparsity, scope, round_to, "
+                                 "refit, ridge and calibration)")
+        elif _changed(self, "refit", "ridge", "calibration"):
+            raise ValueError(f"{_changed(self, 'refit', 'ridge', 'calibration')[0]}: only methods heads and ffn take it")
         if self.scope == "global" and self.overrides:
             raise ValueError("overrides: per-layer overrides need scope: layer")
         if self.schedule != "oneshot" and self.steps > 1 and self.retrain is None and self.method == "unstructured":
@@ -143,11 +163,14 @@ class PruneStage(StageBase):
 
 
 class QuantizeStage(StageBase):
-    """Quantization (``deepshrink.quantize``): PTQ schemes, or QAT trained with ``train`` then frozen."""
+    """Quantization (``deepshrink.quantize``): PTQ schemes, or QAT trained with ``train`` then frozen. For
+    BERT-family sentence encoders: ``int8_per_token`` (int8 Linear codes, per-token activations, optional
+    SmoothQuant ``smooth`` alpha) and ``embedding`` (the word-embedding table as int8 or a k-means codebook;
+    ``scheme: none`` compresses only the table)."""
 
     kind: Literal["quantize"] = "quantize"
     scheme: Literal["int8_static", "int8_dynamic", "int", "static", "qat", "kmeans", "pow2", "fixed_point",
-                    "binary", "ternary"] = "int8_static"
+                    "binary", "ternary", "int8_per_token", "none"] = "int8_static"
     bits: Bits = 8
     act_bits: Annotated[int, Field(ge=2, le=8)] | None = None
     granularity: Literal["per_tensor", "per_channel", "per_group"] = "per_channel"
@@ -158,9 +181,27 @@ class QuantizeStage(StageBase):
     skip: list[Pattern] = Field(default_factory=list)
     calibration: Annotated[int, Field(ge=1)] = 512
     train: TrainSpec | None = None
+    smooth: Annotated[float, Field(gt=0.0, lt=1.0, allow_inf_nan=False)] | None = None
+    embedding: Literal["int8", "codebook"] | None = None
+    embedding_bits: Bits = 4
 
     @model_validator(mode="after")
     def _consistent(self) -> QuantizeStage:
+        if self.scheme == "int8_per_token":
+            if self.bits not in (7, 8):
+                raise ValueError(f"bits: scheme int8_per_token stores 7- or 8-bit weight codes, got {self.bits} "
+                                 "(7 keeps AVX2 CPUs without VNNI from saturating)")
+            used = _changed(self, "act_bits", "granularity", "group_size", "observer", "lsq", "overrides", "layers",
+                            "exclude", "exclude_first", "exclude_last")
+            if used:
+                raise ValueError(f"{used[0]}: not used by scheme int8_per_token (per-channel weights, per-token "
+                                 "activations; it takes bits, skip, smooth, calibration and embedding)")
+        elif self.smooth is not None:
+            raise ValueError("smooth: SmoothQuant applies to scheme int8_per_token")
+        if self.scheme == "none" and self.embedding is None:
+            raise ValueError("scheme: none quantizes only the embedding table; set embedding: int8 or codebook")
+        if _changed(self, "embedding_bits") and self.embedding != "codebook":
+            raise ValueError("embedding_bits: only embedding: codebook takes it")
         if self.scheme in ("qat", "static", "pow2", "fixed_point") and self.bits < 2:
             raise ValueError(f"bits: scheme {self.scheme} needs at least 2 bits, got {self.bits}")
         if self.scheme in ("int8_static", "int8_dynamic") and self.bits != 8:

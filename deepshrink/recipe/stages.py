@@ -31,13 +31,14 @@ class RunState:
     model: nn.Module
     train: Dataset
     calibration: Dataset
-    example: torch.Tensor
+    example: Any
     seed: int = 0
     policy: StoragePolicy = field(default_factory=StoragePolicy)
     progress: bool | None = None
     checkpoint_dir: Path | None = None
     factory: Callable[[], nn.Module] | None = None
     notes: list[str] = field(default_factory=list)
+    text: Any = None  # a deepshrink.data.sentences.TextSplits for sentence encoders
 
     def checkpoint(self, name: str) -> Path | None:
         return self.checkpoint_dir / f"{name}.pt" if self.checkpoint_dir is not None else None
@@ -96,6 +97,11 @@ def prune(stage: S.PruneStage, state: RunState, name: str) -> None:
     """Magnitude pruning with per-layer iterative rounds (Han et al.; Deep Compression's exact loop), any
     other criterion / scope / schedule through ``deepshrink.prune.unstructured``, or channel removal."""
     model = state.model
+    if stage.method in S.TRANSFORMER_PRUNING:
+        from deepshrink.recipe import text_stages
+
+        text_stages.prune(stage, state, name)
+        return
     if stage.method == "structured":
         from deepshrink.prune.structured import structured
 
@@ -191,6 +197,11 @@ def quantize(stage: S.QuantizeStage, state: RunState, name: str) -> None:
 
     from torch.utils.data import Subset
 
+    if stage.scheme in ("int8_per_token", "none"):
+        from deepshrink.recipe import text_stages
+
+        text_stages.quantize(stage, state, name)
+        return
     cfg = quant_config(stage, select(state.model, stage))
     calib = Subset(state.calibration, range(min(stage.calibration, len(state.calibration))))
     state.model = run_quantize(state.model, cfg, calib)

@@ -1,0 +1,171 @@
+"""Recipes on sentence encoders with a text dataset: FFN/head pruning, embedding quantization, label-free scores."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from deepshrink.core.errors import ConfigError, DataError, ModelError  # noqa: E402
+from deepshrink.data.sentences import TextSplits, is_text_dataset, load_text  # noqa: E402
+from deepshrink.measure.embedding import EmbeddingEvaluator  # noqa: E402
+from deepshrink.recipe import parse_recipe, run_recipe  # noqa: E402
+from deepshrink.recipe.models import load_model  # noqa: E402
+from deepshrink.recipe.runner import StageError  # noqa: E402
+from deepshrink.transformers import Int8Embedding, build_encoder, load_tokenizer, structure  # noqa: E402
+
+TINY = {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "intermediate_size": 64, "max_position_embeddings": 64}
+WORDS = ("list tuple dictionary module function class method string integer float file socket thread process "
+         "iterator generator exception decorator context manager import package").split()
+
+
+def _sentences(n: int, offset: int) -> list[str]:
+    return [f"The {WORDS[(i + offset) % len(WORDS)]} and the {WORDS[(3 * i + offset + 1) % len(WORDS)]} "
+            f"are described in section {i + offset}." for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def text() -> TextSplits:
+    return TextSplits("tiny-text", _sentences(64, 0), _sentences(12, 1000), _sentences(40, 2000), load_tokenizer(),
+                      max_length=32)
+
+
+def _tiny() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_encoder(dict(TINY)).eval()
+
+
+def _recipe(body: str) -> object:
+    return parse_recipe(f"name: t\nstages:\n{body}")[0]
+
+
+FFN = "  - kind: prune\n    method: ffn\n    sparsity: 0.5\n    round_to: 8\n    refit: true\n    calibration: 64\n"
+
+
+def test_ffn_recipe_prunes_and_scores_against_the_baseline(text: TextSplits) -> None:
+    model = _tiny()
+    res = run_recipe(_recipe(FFN), model=model, data=text)
+    assert structure(res.model)["ffn"] == [32, 32]
+    base, final = res.report["baseline"], res.report["stages"][-1]
+    assert base["accuracy"] == 1.0 and base["cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert final["params"] < base["params"] and final["macs"] < base["macs"]
+    # the recorded scores are the evaluator's, computed here independently on the returned model
+    ev = EmbeddingEvaluator(lambda s: text.embed(model, s), text.queries, text.corpus)
+    got = ev(lambda s: text.embed(res.model, s))
+    assert final["accuracy"] == pytest.approx(got.retrieval_agreement)
+    assert final["cosine"] == pytest.approx(got.mean_cosine, abs=1e-6)
+    assert final["cosine"] < 1.0
+    assert any("retrieval agreement" in n for n in res.report["notes"])
+
+
+def test_ffn_recipe_artifact_reloads_and_resume_reuses_the_baseline(text: TextSplits, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    recipe = _recipe(FFN)
+    first = run_recipe(recipe, model=_tiny(), data=text, out=out)
+    art = out / "00-prune.dsk"
+    reloaded = load_model(art, None)
+    ids, mask = text.tokenize(text.queries)
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids, mask), first.model(ids, mask))
+    again = run_recipe(recipe, model=_tiny(), data=text, out=out)
+    assert again.resumed == ["prune"]
+    assert again.report["stages"][-1]["accuracy"] == first.report["stages"][-1]["accuracy"]
+    assert again.report["stages"][-1]["cosine"] == first.report["stages"][-1]["cosine"]
+
+
+def test_heads_and_embedding_stages(text: TextSplits) -> None:
+    body = ("  - kind: prune\n    method: heads\n    sparsity: 0.5\n    scope: global\n    calibration: 32\n"
+            "  - kind: quantize\n    scheme: none\n    embedding: int8\n")
+    res = run_recipe(_recipe(body), model=_tiny(), data=text)
+    assert sum(structure(res.model)["heads"]) == 4
+    assert isinstance(res.model.bert.embeddings.word_embeddings, Int8Embedding)
+    sizes = [s["artifact_bytes"] for s in res.report["stages"]]
+    # the int8 table (30522 x 32) saves ~3 bytes per entry over float32
+    assert sizes[0] - sizes[1] > 2.5 * 30522 * 32
+
+
+@pytest.mark.parametrize("body, match", [
+    ("  - kind: finetune\n    epochs: 1\n", "no labels"),
+    ("  - kind: prune\n    sparsity: 0.5\n", "no labels"),
+    ("  - kind: quantize\n    scheme: int8_dynamic\n", "no labels"),
+    ("  - kind: distill\n    student: lenet300\n", "no labels"),
+])
+def test_text_runs_refuse_stages_that_need_labels(text: TextSplits, body: str, match: str) -> None:
+    with pytest.raises(StageError, match=f"stage 0 .*{match}"):
+        run_recipe(_recipe(body), model=_tiny(), data=text)
+
+
+def test_text_stages_need_text_data_and_a_bert_model(text: TextSplits) -> None:
+    from deepshrink.models import create
+
+    with pytest.raises(StageError, match="needs a text dataset"):
+        run_recipe(_recipe(FFN), model="lenet300", data="digits")
+    with pytest.raises(ModelError, match="not a BERT-family model"):
+        run_recipe(_recipe(FFN), model=create("lenet300"), data=text)
+
+
+@pytest.mark.parametrize("body, match", [
+    ("  - kind: prune\n    method: ffn\n    importance: taylor\n", "importance: not used by method ffn"),
+    ("  - kind: prune\n    method: heads\n    retrain: {epochs: 1}\n", "retrain: not used by method heads"),
+    ("  - kind: prune\n    sparsity: 0.5\n    refit: true\n", "refit: only methods heads and ffn"),
+    ("  - kind: quantize\n    scheme: int8_static\n    smooth: 0.5\n", "smooth: SmoothQuant applies"),
+    ("  - kind: quantize\n    scheme: none\n", "scheme: none quantizes only the embedding"),
+    ("  - kind: quantize\n    scheme: int8_per_token\n    bits: 4\n", "7- or 8-bit"),
+    ("  - kind: quantize\n    scheme: int8_per_token\n    observer: mse\n", "observer: not used"),
+    ("  - kind: quantize\n    scheme: none\n    embedding: int8\n    embedding_bits: 6\n", "embedding_bits"),
+    ("  - kind: quantize\n    scheme: int8_per_token\n    smooth: 1.5\n", "smooth"),
+])
+def test_bad_text_stage_settings_name_the_key(body: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        _recipe(body)
+
+
+def test_text_dataset_names_and_checks(text: TextSplits) -> None:
+    assert is_text_dataset("pydocs") and is_text_dataset("pydocs:/x") and not is_text_dataset("mnist5k")
+    with pytest.raises(DataError, match="unknown text dataset"):
+        load_text("wiki")
+    with pytest.raises(DataError, match="overlaps the evaluation"):
+        TextSplits("t", text.queries[:2], text.queries, text.corpus, text.tokenizer)
+    with pytest.raises(DataError, match="512 asked"):
+        text.calibration_batches(512)
+    ids, mask = text.example()
+    assert ids.shape == mask.shape == (1, 32)
+    assert [b[0].shape[0] for b in text.calibration_batches(40, batch_size=16)] == [16, 16, 8]
+
+
+def test_pydocs_is_the_benchmarks_protocol() -> None:
+    from deepshrink.data.text import training_sentences
+    from deepshrink.measure.embedding import default_split
+
+    t = load_text("pydocs")
+    q, c = default_split()
+    assert (t.queries, t.corpus) == (q, c) and t.train == training_sentences(q + c) and t.max_length == 128
+
+
+@pytest.mark.slow
+def test_cli_runs_a_text_recipe(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    args = json.dumps(TINY)
+    recipe.write_text("name: tiny-ffn\nmodel: deepshrink.transformers.model:build_encoder\n"
+                      f"model_args: {args}\ndataset: pydocs\nstages:\n" + FFN)
+    env = {**os.environ, "DEEPSHRINK_PROGRESS": "0"}
+    proc = subprocess.run([sys.executable, "-m", "deepshrink", "run", str(recipe), "--out", str(tmp_path / "o"),
+                           "--json", "--no-progress"], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-800:]
+    rep = json.loads(proc.stdout)
+    assert rep["dataset"] == "pydocs" and rep["baseline"]["accuracy"] == 1.0
+    assert 0.0 <= rep["stages"][-1]["accuracy"] <= 1.0 and rep["stages"][-1]["cosine"] < 1.0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(recipe.read_text() + "  - kind: finetune\n    epochs: 1\n")
+    proc = subprocess.run([sys.executable, "-m", "deepshrink", "run", str(bad), "--out", str(tmp_path / "b")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode != 0 and "no labels" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "b").exists()
