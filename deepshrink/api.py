@@ -50,9 +50,12 @@ def _splits(train_data: Any, eval_data: Any) -> Any:
 
     from deepshrink.data import DataSplits
     from deepshrink.data import load as load_data
+    from deepshrink.data.sentences import TextSplits, is_text_dataset, load_text
 
-    if isinstance(train_data, DataSplits):
+    if isinstance(train_data, (DataSplits, TextSplits)):
         return train_data
+    if is_text_dataset(train_data):
+        return load_text(train_data)
     if isinstance(train_data, (str, os.PathLike)):
         return load_data(train_data)
     if not isinstance(train_data, TensorDataset) or len(train_data.tensors) != 2:
@@ -74,7 +77,8 @@ def compress(model: nn.Module | str, recipe: Recipe | str | os.PathLike[str] | M
 
     ``model``: a trained ``nn.Module`` (leading finetune stages of the recipe are then skipped unless
     ``pretrained=False``) or a zoo name (trained by them). ``train_data``: a ``DataSplits``, a dataset
-    name/folder, or a ``TensorDataset`` of (inputs, labels) with ``eval_data`` likewise; ``eval_fn(model)``
+    name/folder, a ``TensorDataset`` of (inputs, labels) with ``eval_data`` likewise, or for a sentence
+    encoder a text dataset (``"pydocs"`` or a ``deepshrink.data.sentences.TextSplits``); ``eval_fn(model)``
     (higher is better) replaces test accuracy in the report. ``out``: a folder for per-stage artifacts,
     state (resumable) and report.json/.md/.html; without it nothing is left on disk.
     """

@@ -169,3 +169,12 @@ def test_cli_runs_a_text_recipe(tmp_path: Path) -> None:
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode != 0 and "no labels" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_compress_api_takes_text_data(text: TextSplits) -> None:
+    import deepshrink
+
+    res = deepshrink.compress(_tiny(), {"stages": [{"kind": "prune", "method": "ffn", "sparsity": 0.25,
+                                                     "calibration": 32}]}, train_data=text)
+    assert structure(res.model)["ffn"] == [48, 48]
+    assert res.report["dataset"] == "tiny-text" and 0.0 <= res.report["stages"][-1]["accuracy"] <= 1.0
