@@ -121,14 +121,31 @@ def _encode(name: str, t: torch.Tensor, shared: tuple[torch.Tensor, torch.Tensor
     return best, report
 
 
+def _encode_int_codes(name: str, t: torch.Tensor, bits: int, key: str) -> tuple[T.Encoded, TensorReport]:
+    """Signed integer codes packed at ``bits`` bits (``quantized.encode_int_codes``), decoded exactly."""
+    from deepshrink.artifact.quantized import encode_int_codes
+
+    enc = encode_int_codes(t, bits, key)
+    enc.meta["shape"] = list(t.shape)
+    report = TensorReport(name, tuple(t.shape), t.numel(), int((t != 0).sum()), "quant", enc.nbytes, None, bits,
+                          enc.streams)
+    return enc, report
+
+
 def encode_model(model: nn.Module, policy: StoragePolicy | None = None,
                  info: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, bytes], list[TensorReport]]:
     policy = policy or StoragePolicy()
     tensors_meta: dict[str, Any] = {}
     blobs: dict[str, bytes] = {}
     reports = []
+    # integer buffers a module stores bit-packed (``deepshrink_int_codes``: buffer name -> bits, e.g. Int8Linear)
+    int_codes = {f"{m}.{b}" if m else b: bits for m, module in model.named_modules()
+                 for b, bits in getattr(module, "deepshrink_int_codes", {}).items()}
     for i, (name, (t, shared)) in enumerate(plain_state(model).items()):
-        enc, rep = _encode(name, t, shared, f"t{i}", policy)
+        if name in int_codes and shared is None:
+            enc, rep = _encode_int_codes(name, t, int_codes[name], f"t{i}")
+        else:
+            enc, rep = _encode(name, t, shared, f"t{i}", policy)
         tensors_meta[name] = enc.meta
         blobs.update(enc.blobs)
         reports.append(rep)

@@ -118,6 +118,24 @@ def encode_quant(q: QuantizedWeight, key: str) -> T.Encoded:
     return T.Encoded(meta, blobs, {"codes": stats})
 
 
+def encode_int_codes(t: torch.Tensor, bits: int, key: str) -> T.Encoded:
+    """Signed integer codes in ``[-2^(bits-1), 2^(bits-1))`` (e.g. int8 Linear weights kept at 7 bits) as a
+    ``quant`` tensor: offset by ``2^(bits-1)``, per-row unit scale and zero point ``2^(bits-1)``, so
+    :func:`decode_quant` gives the integers back exactly (the loader casts them to the buffer's dtype)."""
+    bits = P.check_bits(bits)
+    if t.dim() < 1 or t.numel() == 0 or t.is_floating_point():
+        raise ConfigError(f"integer codes must be a non-empty integer tensor, got {t.dtype} {tuple(t.shape)}")
+    half = 2 ** (bits - 1)
+    lo, hi = int(t.min()), int(t.max())
+    if lo < -half or hi >= half:
+        raise ConfigError(f"integer codes in [{lo}, {hi}] do not fit {bits} signed bits")
+    rows = t.shape[0]
+    codes = (t.detach().cpu().to(torch.int64) + half).reshape(rows, 1, -1)
+    q = QuantizedWeight(codes, bits, tuple(t.shape), scale=torch.ones(rows, 1, 1),
+                        zero_point=torch.full((rows, 1, 1), float(half)))
+    return encode_quant(q, key)
+
+
 def _grouped_shape(meta: dict[str, Any], shape: tuple[int, ...], where: str) -> tuple[int, int, int]:
     """``cshape`` (or the per-channel default when absent), checked against the tensor's shape."""
     n = math.prod(shape)

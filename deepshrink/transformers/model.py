@@ -30,7 +30,33 @@ def _transformers() -> Any:
         import transformers
     except ImportError:
         raise ConfigError("transformers is not installed: pip install 'deepshrink[transformers]'") from None
+    _import_torchao_quietly()
     return transformers
+
+
+def _import_torchao_quietly() -> None:
+    """transformers imports torchao (when installed) on the first ``from_pretrained``; its import logs warnings
+    about CUDA-only extensions and deprecated pytree registrations that mean nothing on CPU. Import it once
+    here with those two loggers raised to ERROR."""
+    import importlib.util
+    import logging
+    import sys
+
+    if "torchao" in sys.modules or importlib.util.find_spec("torchao") is None:
+        return
+    loggers = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        import torchao  # noqa: F401
+        if importlib.util.find_spec("torchao.prototype.mx_formats") is not None:
+            importlib.import_module("torchao.prototype.mx_formats")  # transformers' torchao integration loads it
+    except Exception:  # noqa: BLE001 - a broken optional install must not stop a float model from loading
+        pass
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def minilm_path() -> Path:
@@ -141,7 +167,7 @@ def bert_layers(model: nn.Module) -> list[nn.Module]:
 
 def architecture(encoder: SentenceEncoder) -> dict[str, Any]:
     """Flat JSON record of the encoder's current shapes: BERT config keys, per-layer ``heads`` and
-    ``intermediate``, ``normalize``, the word-embedding encoding and the token-map length."""
+    ``intermediate``, ``normalize``, the word-embedding encoding, the token-map length and the Int8Linear layers."""
     from deepshrink.transformers.embedding import embedding_record
 
     cfg = encoder.bert.config
@@ -159,6 +185,11 @@ def architecture(encoder: SentenceEncoder) -> dict[str, Any]:
         out["embedding_bits"] = emb["bits"]
     if encoder.token_map is not None:
         out["token_map"] = int(encoder.token_map.numel())
+    from deepshrink.transformers.int8 import int8_record
+
+    int8_linears = int8_record(encoder)  # [name, bits, smoothed, bias] of each Int8Linear
+    if int8_linears:
+        out["int8_linears"] = int8_linears
     return out
 
 
@@ -172,7 +203,8 @@ def _bert_config(config: dict[str, Any], attn: str) -> Any:
 def build_encoder(config: dict[str, Any] | None = None, *, heads: list[int] | None = None,
                   intermediate: list[int] | None = None, normalize: bool = True, embedding: str = "float",
                   embedding_bits: int = 8, embedding_padding_idx: int | None = -1, token_map: int | None = None,
-                  attn_implementation: str = "sdpa", **config_keys: Any) -> SentenceEncoder:
+                  int8_linears: list[list[Any]] | None = None, attn_implementation: str = "sdpa",
+                  **config_keys: Any) -> SentenceEncoder:
     """An (untrained) encoder with the given BERT config (a dict or flat keyword arguments) and recorded
     shapes; the artifact loader fills in the weights."""
     from deepshrink.transformers.embedding import embedding_from_record
@@ -197,7 +229,12 @@ def build_encoder(config: dict[str, Any] | None = None, *, heads: list[int] | No
             {"kind": embedding, "rows": cfg.vocab_size, "dim": cfg.hidden_size, "padding_idx": pad,
              "bits": embedding_bits})
     tmap = torch.zeros(int(token_map), dtype=torch.int64) if token_map else None
-    return SentenceEncoder(bert, normalize=normalize, token_map=tmap)
+    encoder = SentenceEncoder(bert, normalize=normalize, token_map=tmap)
+    if int8_linears:  # Linears stored as int8 codes (deepshrink.transformers.int8)
+        from deepshrink.transformers.int8 import install_int8_record
+
+        install_int8_record(encoder, int8_linears)
+    return encoder
 
 
 if ZOO_NAME not in MODELS:

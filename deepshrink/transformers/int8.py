@@ -1,0 +1,331 @@
+"""int8 Linear layers stored as integer codes: a savable int8 model that Inductor compiles as it is.
+
+``quantize_int8(encoder, calibration=..., smooth=0.5)`` returns a copy of a float encoder whose Linear layers
+are ``Int8Linear``: per-row symmetric weight codes of ``bits`` (7 or 8) bits in an int8 buffer, one float32
+scale per output row, the bias, and (SmoothQuant) a per-input-channel divisor ``inv_scale``. Its eager
+forward is the maths of the compiled kernel -- per-token dynamic symmetric int8 activations (torchao's
+``Int8DynamicActivationInt8WeightConfig``: ``s_t = max_j |x_tj| / 127.5``, ``q = clamp(round(x / s_t),
+-128, 127)``), an exact integer matmul with the codes, times both scales, plus the bias -- so the model is a
+plain ``nn.Module`` that runs anywhere. ``deepshrink.save`` writes the codes bit-packed at ``bits`` bits
+(``deepshrink.artifact.quantized.encode_int_codes``) and ``deepshrink.load`` rebuilds it exactly (the
+SentenceEncoder's architecture record lists the Int8Linear layers); ``compile_int8`` of such a model uses
+the stored codes and scales as torchao's ``Int8Tensor`` data, without re-quantizing.
+
+Also here (shared with ``deepshrink.transformers.inductor``, which re-exports them): ``SmoothedLinear``,
+``smooth_linears`` (SmoothQuant on a float model) and ``linear_names`` (quantized / skipped Linears).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from deepshrink.core.errors import ConfigError, DataError, ModelError
+
+# every FFN down-projection (``bert.encoder.layer.<i>.output.dense``)
+FFN_OUT = r"encoder\.layer\.\d+\.output\.dense$"
+WEIGHT_BITS = (7, 8)
+ACT_QMAX = 127.5  # torchao's symmetric int8 scale divisor: (quant_max - quant_min) / 2
+
+
+def per_token_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic symmetric int8 quantization with one scale per row of the last dimension, as torchao's
+    ``Int8Tensor.from_hp(x, PerRow())``: ``s = max(max|x_row| / 127.5, eps)``, ``q = clamp(round(x * (1 /
+    s)), -128, 127)``. Returns (integer-valued float32 ``q``, ``s`` with a trailing dimension of 1)."""
+    x = x.float()
+    s = (x.abs().amax(-1, keepdim=True) / ACT_QMAX).clamp(min=torch.finfo(torch.float32).eps)
+    return torch.clamp(torch.round(x * (1.0 / s)), -128, 127), s
+
+
+def _check_bits(bits: Any) -> int:
+    if isinstance(bits, bool) or bits not in WEIGHT_BITS:
+        raise ConfigError(f"weight_bits must be 7 or 8, got {bits!r}")
+    return int(bits)
+
+
+class Int8Linear(nn.Module):
+    """``y = int8(x * inv_scale) @ codes^T * s_x * scale + bias`` with per-token dynamic activations.
+
+    Buffers: ``codes`` int8 ``[out, in]`` within the signed ``bits`` range, ``scale`` float32 ``[out]``,
+    ``bias`` float32 ``[out]`` (optional), ``inv_scale`` float32 ``[in]`` (optional: the SmoothQuant input
+    divisor, already folded into the codes). The integer matmul runs in float32 (exact: every partial sum
+    stays under 2^24) or float64 when the layer is wide enough for that to fail."""
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool = True, bits: int = 7,
+                 smoothed: bool = False) -> None:
+        super().__init__()
+        for what, n in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ModelError(f"Int8Linear: {what} must be a positive integer, got {n!r}")
+        self.in_features, self.out_features, self.bits = in_features, out_features, _check_bits(bits)
+        self.register_buffer("codes", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scale", torch.ones(out_features))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.register_buffer("inv_scale", torch.ones(in_features) if smoothed else None)
+
+    @property
+    def deepshrink_int_codes(self) -> dict[str, int]:
+        """Integer buffers the artifact stores bit-packed, with their width (``deepshrink.save``)."""
+        return {"codes": self.bits}
+
+    @classmethod
+    @torch.no_grad()
+    def from_float(cls, linear: nn.Linear, bits: int, inv_scale: torch.Tensor | None = None) -> Int8Linear:
+        """Per-row symmetric codes of ``linear.weight``: ``scale = max|w_row| / (2^(bits-1) - 0.5)``, codes
+        ``round(w / scale)`` clamped to ``[-2^(bits-1), 2^(bits-1) - 1]``. ``inv_scale``: the input divisor
+        of a Linear whose weight columns were already multiplied by ``1 / inv_scale`` (``smooth_linears``);
+        it is kept as given (Linears reading one input may share the tensor)."""
+        if not isinstance(linear, nn.Linear):
+            raise ModelError(f"Int8Linear.from_float needs an nn.Linear, got {type(linear).__name__}")
+        bits = _check_bits(bits)
+        w = linear.weight.detach().float()
+        out = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, bits=bits).to(w.device)
+        if not bool(torch.isfinite(w).all()):
+            raise ModelError("Int8Linear.from_float: the weight has NaN or infinite values")
+        half = 2 ** (bits - 1)
+        scale = w.abs().amax(1, keepdim=True).clamp(min=1e-12) / (half - 0.5)
+        out.codes.copy_(torch.clamp(torch.round(w / scale), -half, half - 1).to(torch.int8))
+        out.scale.copy_(scale.reshape(-1))
+        if linear.bias is not None:
+            out.bias.copy_(linear.bias.detach().float())
+        if inv_scale is not None:
+            if not isinstance(inv_scale, torch.Tensor) or tuple(inv_scale.shape) != (linear.in_features,):
+                raise ModelError(f"Int8Linear.from_float: inv_scale must be a [{linear.in_features}] tensor")
+            # a registered buffer (declared in __init__); the same tensor object when Linears share one input
+            out.inv_scale = inv_scale if inv_scale.dtype == torch.float32 else inv_scale.float()
+        return out
+
+    def weight_float(self) -> torch.Tensor:
+        """The dequantized weight ``codes * scale`` (its columns still multiplied by ``1 / inv_scale``)."""
+        return self.codes.float() * self.scale[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        if self.inv_scale is not None:
+            x = x * self.inv_scale
+        q, s = per_token_int8(x)
+        wide = 128 * 2 ** (self.bits - 1) * self.in_features >= 2**24  # a float32 sum could round
+        mm = torch.float64 if wide else torch.float32
+        acc = (q.to(mm) @ self.codes.to(mm).t()).float()
+        y = acc * s * self.scale
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(dtype)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
+                f"bias={self.bias is not None}, smoothed={self.inv_scale is not None}")
+
+
+def int8_linear_names(model: nn.Module) -> list[str]:
+    """Names of the model's ``Int8Linear`` modules."""
+    return [n for n, m in model.named_modules() if isinstance(m, Int8Linear)]
+
+
+def int8_record(model: nn.Module) -> list[list[Any]]:
+    """JSON record of the Int8Linear layers for an architecture record: ``[name, bits, smoothed, bias]``."""
+    return [[n, m.bits, m.inv_scale is not None, m.bias is not None]
+            for n, m in model.named_modules() if isinstance(m, Int8Linear)]
+
+
+def install_int8_record(model: nn.Module, record: Any) -> nn.Module:
+    """Replace (in place) the recorded Linears of a freshly built model by empty ``Int8Linear`` layers of
+    the same shape (the artifact loader fills their codes); ModelError on a malformed record."""
+    if not isinstance(record, list):
+        raise ModelError(f"int8_linears must be a list of [name, bits, smoothed, bias], got {type(record).__name__}")
+    modules = dict(model.named_modules())
+    for entry in record:
+        if not (isinstance(entry, list) and len(entry) == 4 and isinstance(entry[0], str)
+                and isinstance(entry[2], bool) and isinstance(entry[3], bool)):
+            raise ModelError(f"malformed int8_linears entry {entry!r}: expected [name, bits, smoothed, bias]")
+        name, bits, smoothed, bias = entry
+        lin = modules.get(name)
+        if not isinstance(lin, nn.Linear):
+            raise ModelError(f"int8_linears: {name!r} is not a Linear layer of the model")
+        new = Int8Linear(lin.in_features, lin.out_features, bias=bias, bits=bits, smoothed=smoothed)
+        parent, _, child = name.rpartition(".")
+        setattr(modules[parent] if parent else model, child, new)
+        modules[name] = new
+    return model
+
+
+def linear_names(encoder: nn.Module, skip: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """(quantized, skipped) names of the encoder's ``nn.Linear`` modules; ``skip`` are regexes searched in
+    the names. ConfigError on a bad regex or a pattern that matches no Linear (a typo would silently
+    quantize everything)."""
+    patterns = _patterns(skip)
+    names = [n for n, m in encoder.named_modules() if isinstance(m, nn.Linear)]
+    if not names:
+        raise ModelError(f"{type(encoder).__name__} has no nn.Linear layer to quantize")
+    for p in patterns:
+        if not any(p.search(n) for n in names):
+            raise ConfigError(f"skip pattern {p.pattern!r} matches no Linear layer (e.g. {names[0]!r})")
+    skipped = [n for n in names if any(p.search(n) for p in patterns)]
+    quantized = [n for n in names if n not in skipped]
+    if not quantized:
+        raise ConfigError(f"skip={list(skip)} keeps every Linear layer in fp32: nothing to quantize")
+    return quantized, skipped
+
+
+def _patterns(skip: Sequence[str]) -> list[re.Pattern[str]]:
+    if isinstance(skip, str):
+        raise ConfigError("skip must be a list of regexes, not a single string")
+    try:
+        return [re.compile(p) for p in skip]
+    except (re.error, TypeError) as exc:
+        raise ConfigError(f"skip: bad regex: {exc}") from None
+
+
+class SmoothedLinear(nn.Module):
+    """``linear(x * inv_scale)`` with the Linear's input columns multiplied by ``1 / inv_scale`` beforehand:
+    the same function in float, but the activation seen by the quantizer has its outlier channels divided
+    down (SmoothQuant). Inductor fuses the multiply into the activation-quantization loop."""
+
+    def __init__(self, linear: nn.Linear, inv_scale: torch.Tensor) -> None:
+        super().__init__()
+        self.linear = linear
+        self.inv_scale = inv_scale  # shared by Linears reading the same input (one fused quantization)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x * self.inv_scale)
+
+
+def _check_alpha(alpha: Any) -> None:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        raise ConfigError(f"smooth alpha must be a number in (0, 1), got {alpha!r}")
+
+
+@torch.no_grad()
+def smooth_linears(model: nn.Module, calibration: Sequence[tuple[torch.Tensor, torch.Tensor]], names: Sequence[str],
+                   alpha: float = 0.5) -> list[str]:
+    """SmoothQuant in place: for each named Linear, per input channel ``s = max|x|^alpha / max|W|^(1-alpha)``
+    (activation maxima from ``calibration``; query/key/value of a layer share one ``s``), ``W *= s`` and the
+    module becomes a ``SmoothedLinear`` dividing its input by ``s``. Returns the new Linear names."""
+    _check_alpha(alpha)
+    if not calibration:
+        raise DataError("smoothing needs calibration batches (representative text, not the evaluation text)")
+    modules = dict(model.named_modules())
+    amax: dict[str, torch.Tensor] = {}
+
+    def hook(name: str) -> Any:
+        def record(_: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            x = inputs[0].detach().abs().reshape(-1, inputs[0].shape[-1]).amax(0)
+            amax[name] = torch.maximum(amax[name], x) if name in amax else x
+        return record
+
+    handles = [modules[n].register_forward_pre_hook(hook(n)) for n in names]
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        for ids, mask in calibration:
+            model(ids.to(device), mask.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+    groups: dict[str, list[str]] = {}
+    for n in names:  # query/key/value read the same tensor: one shared scale keeps one quantization
+        key = re.sub(r"\.(query|key|value)$", ".qkv", n)
+        groups.setdefault(key, []).append(n)
+    new = []
+    for group in groups.values():
+        w_max = torch.stack([modules[n].weight.abs().amax(0) for n in group]).amax(0)
+        scale = (amax[group[0]].clamp(min=1e-5) ** alpha / w_max.clamp(min=1e-5) ** (1 - alpha)).clamp(min=1e-5)
+        inv = (1.0 / scale).to(modules[group[0]].weight.dtype)
+        for n in group:
+            lin = modules[n]
+            lin.weight.mul_(scale)
+            parent_name, _, child = n.rpartition(".")
+            setattr(modules[parent_name] if parent_name else model, child, SmoothedLinear(lin, inv))
+            new.append(f"{n}.linear")
+    return new
+
+
+def check_pair(ids: Any, mask: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` as int64, or a DataError naming ``what``."""
+    if not (isinstance(ids, torch.Tensor) and isinstance(mask, torch.Tensor)):
+        raise DataError(f"{what}: expected (input_ids, attention_mask) tensors, got "
+                        f"({type(ids).__name__}, {type(mask).__name__})")
+    if ids.dim() != 2 or ids.shape != mask.shape or ids.numel() == 0:
+        raise DataError(f"{what}: input_ids and attention_mask must be non-empty [batch, seq] tensors of the "
+                        f"same shape, got {tuple(ids.shape)} and {tuple(mask.shape)}")
+    if ids.dtype not in (torch.int64, torch.int32) or mask.dtype not in (torch.int64, torch.int32):
+        raise DataError(f"{what}: input_ids and attention_mask must be integer tensors, got {ids.dtype} and "
+                        f"{mask.dtype}")
+    return ids.to(torch.int64), mask.to(torch.int64)
+
+
+def calibration_pairs(calibration: Sequence[Any]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Checked ``(input_ids, attention_mask)`` calibration batches."""
+    out = []
+    for i, batch in enumerate(calibration):
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise DataError("each calibration batch must be an (input_ids, attention_mask) pair")
+        out.append(check_pair(batch[0], batch[1], f"calibration batch {i}"))
+    return out
+
+
+def check_finite(encoder: nn.Module) -> None:
+    """ModelError naming the first parameter with NaN or infinite values."""
+    bad = [n for n, p in encoder.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise ModelError(f"{type(encoder).__name__}: {bad[0]} has NaN or infinite values")
+
+
+def default_weight_bits(weight_bits: int | None) -> int:
+    """``weight_bits`` checked; None = 8 on CPUs with VNNI, else 7 (AVX2's int16 pair sums saturate)."""
+    if weight_bits is None:
+        from deepshrink.quantize.backends.onnxruntime import cpu_has_vnni
+
+        return 8 if cpu_has_vnni() else 7
+    return _check_bits(weight_bits)
+
+
+def float_copy(encoder: nn.Module) -> nn.Module:
+    """A deep copy in eval mode with gradients off (the caller's model is never modified)."""
+    model = copy.deepcopy(encoder).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def quantize_int8(encoder: nn.Module, *, calibration: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
+                  smooth: float | None = None, weight_bits: int | None = None, skip: Sequence[str] = ()) -> nn.Module:
+    """Copy of a float ``encoder`` whose Linears are ``Int8Linear`` (per-token int8 activations, per-row
+    ``weight_bits`` codes; the encoder itself is not modified).
+
+    ``smooth``: SmoothQuant strength alpha (e.g. 0.5), per-channel activation maxima measured on
+    ``calibration`` (``(input_ids, attention_mask)`` batches of training text, never the evaluation text);
+    folded into the codes, the input divisor kept as each layer's ``inv_scale``. ``weight_bits``: 7
+    (default on CPUs without VNNI, where oneDNN's int16 pair sums saturate with 8-bit weights) or 8.
+    ``skip``: regexes of Linear names kept fp32 (e.g. ``[FFN_OUT]``). Save the result with
+    ``deepshrink.save`` (codes bit-packed) and run it eagerly or through ``compile_int8``."""
+    if not isinstance(encoder, nn.Module):
+        raise ModelError(f"quantize_int8 needs a float nn.Module encoder, got {type(encoder).__name__}")
+    if int8_linear_names(encoder):
+        raise ModelError(f"{type(encoder).__name__} already holds Int8Linear layers: quantize the float model")
+    batches = calibration_pairs(calibration)
+    if smooth is not None:
+        _check_alpha(smooth)
+        if not batches:
+            raise DataError("smoothing needs calibration batches (representative text, not the evaluation text)")
+    bits = default_weight_bits(weight_bits)
+    check_finite(encoder)
+    quantized, _ = linear_names(encoder, skip)
+    model = float_copy(encoder)
+    if smooth is not None:
+        smooth_linears(model, batches, quantized, smooth)
+    modules = dict(model.named_modules())
+    for name in quantized:
+        m = modules[name]
+        lin, inv = (m.linear, m.inv_scale) if isinstance(m, SmoothedLinear) else (m, None)
+        parent, _, child = name.rpartition(".")
+        setattr(modules[parent] if parent else model, child, Int8Linear.from_float(lin, bits, inv))
+    return model
+
+
+__all__ = ["FFN_OUT", "Int8Linear", "SmoothedLinear", "install_int8_record", "int8_linear_names", "int8_record",
+           "linear_names", "per_token_int8", "quantize_int8", "smooth_linears"]
