@@ -78,7 +78,7 @@ def load(name_or_path: str | os.PathLike[str]) -> DataSplits:
     choices = ", ".join(available())
     raise DataError(
         f"unknown dataset {text!r}; choose one of: {choices} "
-        "(or a folder, optionally as idx:PATH or cifar10:PATH)"
+        "(or a folder, optionally as idx:PATH or cifar10:PATH; for sentence encoders the text dataset pydocs)"
     )
 
 

@@ -69,11 +69,11 @@ class TextSplits:
         reps = (batch_size + len(self.train) - 1) // len(self.train)
         return self.tokenize((self.train * reps)[:batch_size], pad_to=self.max_length)
 
-    def embed(self, model: Any, sentences: list[str]) -> torch.Tensor:
+    def embed(self, model: Any, sentences: list[str], progress: bool | None = None) -> torch.Tensor:
         """Sentence embeddings of ``model(input_ids, attention_mask)`` (batches of 64, as the benchmarks)."""
         from deepshrink.transformers.model import encode
 
-        return encode(model, self.tokenizer, sentences, max_length=self.max_length)
+        return encode(model, self.tokenizer, sentences, max_length=self.max_length, progress=progress)
 
 
 def is_text_dataset(spec: object) -> bool:
@@ -94,7 +94,10 @@ def load_text(spec: str, *, n_queries: int = 200, n_corpus: int = 1000) -> TextS
     except ImportError as exc:
         raise DataError(f"text dataset {spec!r} needs the transformers extra "
                         f"(pip install 'deepshrink[transformers]'): {exc}") from None
-    tokenizer = load_tokenizer(folder or None)
+    try:
+        tokenizer = load_tokenizer(folder or None)
+    except DataError as exc:
+        raise DataError(f"text dataset {spec!r}: {exc}") from None
     queries, corpus = default_split(n_queries, n_corpus)
     return TextSplits(spec, training_sentences(queries + corpus), queries, corpus, tokenizer,
                       description="Python documentation sentences: calibration text and a 200 x 1,000 retrieval "

@@ -26,18 +26,19 @@ from torch import nn
 from torch.utils.data import Subset
 
 from deepshrink.artifact import StoragePolicy
-from deepshrink.core.errors import ConfigError, DeepShrinkError
+from deepshrink.core.errors import ConfigError, DeepShrinkError, ModelError
 from deepshrink.core.fileio import atomic_write_text, ensure_dir
 from deepshrink.recipe import schema as S
 from deepshrink.recipe import stages as ops
 from deepshrink.recipe.loader import LineMap, recipe_to_dict
 from deepshrink.recipe.models import load_model, load_weights, model_factory, save_model
-from deepshrink.recipe.text_stages import EmbeddingScorer
+from deepshrink.recipe.text_stages import EmbeddingScorer, calibration_needed
 from deepshrink.train import seed_everything
 
 STATE_FILE = "state.json"
 STATE_VERSION = 1
 QUICK_TRAIN = 1024
+QUICK_CALIBRATION = 64  # sentences, for the text stages of a --quick run
 Event = Callable[[dict[str, Any]], None]
 
 
@@ -61,7 +62,7 @@ class RunResult:
 
 
 def quick_recipe(recipe: S.Recipe) -> S.Recipe:
-    """A smoke-test version: at most one epoch per training, one pruning step."""
+    """A smoke-test version: at most one epoch per training, one pruning step, 64 calibration sentences."""
     def shrink(spec: S.TrainSpec | None) -> S.TrainSpec | None:
         return spec.model_copy(update={"epochs": min(spec.epochs, 1)}) if spec is not None else None
 
@@ -75,6 +76,8 @@ def quick_recipe(recipe: S.Recipe) -> S.Recipe:
                 upd[key] = shrink(getattr(st, key))
         if isinstance(st, S.PruneStage) and st.method not in S.TRANSFORMER_PRUNING:
             upd["steps"] = 1
+        if calibration_needed(st) > QUICK_CALIBRATION:
+            upd["calibration"] = QUICK_CALIBRATION
         stages.append(st.model_copy(update=upd))
     return recipe.model_copy(update={"stages": stages})
 
@@ -198,7 +201,8 @@ def run_recipe(recipe: S.Recipe, *, model: nn.Module | str | None = None, model_
         pretrained = True if pretrained is None else pretrained
     else:
         spec_name = model or recipe.model
-        factory = model_factory(spec_name, recipe.model_args if model is None else (model_args or {}))
+        factory = model_factory(spec_name, {**recipe.model_args, **(model_args or {})} if model is None
+                                else (model_args or {}))
         pretrained = weights is not None if pretrained is None else pretrained
     if data is None:
         data = recipe.dataset
@@ -223,9 +227,10 @@ def run_recipe(recipe: S.Recipe, *, model: nn.Module | str | None = None, model_
         example = text.example()
     else:
         example = splits.test.tensors[0][:1]
-    fingerprint = _fingerprint(recipe, spec_name, splits.name, os.fspath(weights) if weights else None, quick)
+    fingerprint = _fingerprint(recipe, spec_name + (json.dumps(model_args, sort_keys=True, default=str) if model_args and not
+                                                    isinstance(model, nn.Module) else ""), splits.name, os.fspath(weights) if weights else None, quick)
     names = S.stage_names(recipe)
-    _preflight(recipe, net, lines, source, text is not None)
+    _preflight(recipe, net, lines, source, text)
 
     created = out is not None and not Path(out).exists()
     tmp = None
@@ -257,27 +262,38 @@ def run_recipe(recipe: S.Recipe, *, model: nn.Module | str | None = None, model_
     return result
 
 
+def _text_only(stage: Any) -> bool:
+    return (isinstance(stage, S.PruneStage) and stage.method in S.TRANSFORMER_PRUNING) or (
+        isinstance(stage, S.QuantizeStage) and (stage.scheme in ("int8_per_token", "none")
+                                                or stage.embedding is not None))
+
+
 def _preflight(recipe: S.Recipe, model: nn.Module, lines: LineMap | None, source: str | None,
-               text: bool = False) -> None:
+               text: Any = None) -> None:
     """Layer patterns of the stages before the first architecture change must match the model; on a text
-    dataset every stage must work without labels and the model must be a BERT-family sentence encoder."""
-    if text:
-        from deepshrink.recipe.text_stages import check_text_stage
+    dataset every stage must work without labels, read no more calibration text than there is, and the model
+    must be a BERT-family sentence encoder; a sentence encoder needs a text dataset."""
+    if text is not None:
+        from deepshrink.recipe.text_stages import calibration_needed, check_text_stage
         from deepshrink.transformers.model import bert_layers
 
         bert_layers(model)
         for i, stage in enumerate(recipe.stages):
             try:
                 check_text_stage(stage)
+                if calibration_needed(stage) > len(text.train):
+                    raise ConfigError(f"calibration: {calibration_needed(stage)} sentences asked, text dataset "
+                                      f"{text.name!r} has {len(text.train)}")
             except ConfigError as exc:
                 raise StageError(f"{_where(i, stage, lines, source)}: {exc}") from None
-    elif any(isinstance(st, S.PruneStage) and st.method in S.TRANSFORMER_PRUNING or
-             isinstance(st, S.QuantizeStage) and st.scheme == "int8_per_token" for st in recipe.stages):
-        i, stage = next((i, st) for i, st in enumerate(recipe.stages)
-                        if getattr(st, "method", None) in S.TRANSFORMER_PRUNING
-                        or getattr(st, "scheme", None) == "int8_per_token")
-        raise StageError(f"{_where(i, stage, lines, source)}: needs a text dataset (e.g. --data pydocs) and a "
-                         "BERT-family sentence encoder (e.g. --model minilm)")
+        return
+    arch = getattr(model, "_deepshrink_arch", None)
+    if isinstance(arch, dict) and arch.get("zoo") == "hf_bert":
+        raise ModelError(f"{type(model).__name__} is a sentence encoder: use a text dataset (--data pydocs)")
+    for i, stage in enumerate(recipe.stages):
+        if _text_only(stage):
+            raise StageError(f"{_where(i, stage, lines, source)}: needs a text dataset (e.g. --data pydocs) and a "
+                             "BERT-family sentence encoder (e.g. --model minilm)")
     for i, stage in enumerate(recipe.stages):
         if isinstance(stage, (S.FactorizeStage, S.DistillStage)) or (
                 isinstance(stage, S.PruneStage) and stage.method == "structured"):
@@ -294,7 +310,10 @@ def _execute(run: _Run, state: ops.RunState, folder: Path, names: list[str], spl
     from deepshrink.report.run import record_stage
 
     recipe = run.recipe
-    scorer = EmbeddingScorer(state.text) if state.text is not None and eval_fn is None else None
+    scorer = None
+    if state.text is not None and eval_fn is None:
+        scorer = EmbeddingScorer(state.text, progress=state.progress, compiled=any(
+            isinstance(st, S.QuantizeStage) and st.compile for st in recipe.stages))
     eval_data = None if eval_fn is not None or scorer is not None else splits.test
 
     def measure(name: str, kind: str, path: Path | None, seconds: float | None) -> dict[str, Any]:
@@ -303,9 +322,7 @@ def _execute(run: _Run, state: ops.RunState, folder: Path, names: list[str], spl
         if eval_fn is not None:
             rec["accuracy"] = float(eval_fn(state.model))
         elif scorer is not None:
-            if name == "baseline":
-                scorer.set_reference(state.model)
-            rec.update(scorer(state.model))
+            rec.update(scorer.set_reference(state.model) if name == "baseline" else scorer(state.model))
         return rec
 
     n_base = S.baseline_stage_count(recipe)  # index of the first compression stage
@@ -315,11 +332,11 @@ def _execute(run: _Run, state: ops.RunState, folder: Path, names: list[str], spl
         if name in done:
             last = done[name]
     resumed = [n for n in names if n in done]
-    if scorer is not None and run.state["baseline"] is not None:  # resumed: the baseline is the reference
-        scorer.set_reference(load_model(folder / run.state.get("baseline_resume", "baseline.dsk"), state.factory))
+    if scorer is not None:
         state.notes.append(scorer.note)
-    elif scorer is not None:
-        state.notes.append(scorer.note)
+        if run.state["baseline"] is not None:  # resumed: the saved baseline is the reference, loaded when needed
+            base_path = folder / run.state.get("baseline_resume", "baseline.dsk")
+            scorer.reference_loader = lambda: load_model(base_path, state.factory)
     if last is not None:  # resume from the last completed stage's artifact
         state.model = load_model(folder / last["resume_artifact"], state.factory)
         _reattach(state.model, last.get("attached", {}))

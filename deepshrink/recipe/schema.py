@@ -149,10 +149,14 @@ class PruneStage(StageBase):
                              "use method: unstructured for other importance, scope, N:M or threshold settings")
         if self.method in TRANSFORMER_PRUNING:
             used = _changed(self, "importance", "schedule", "steps", "retrain", "nm", "threshold", "overrides",
-                            "layers", "exclude", "exclude_first", "exclude_last")
+                            "layers", "exclude", "exclude_first", "exclude_last",
+                            *(("round_to",) if self.method == "heads" else ()))
             if used:
-                raise ValueError(f"{used[0]}: not used by method {self.method} (it takes sparsity, scope, round_to, "
-                                 "refit, ridge and calibration)")
+                takes = "sparsity, scope, " + ("round_to, " if self.method == "ffn" else "")
+                raise ValueError(f"{used[0]}: not used by method {self.method} (it takes {takes}refit, ridge and "
+                                 "calibration)")
+            if not self.refit and _changed(self, "ridge"):
+                raise ValueError("ridge: only used with refit: true")
         elif _changed(self, "refit", "ridge", "calibration"):
             raise ValueError(f"{_changed(self, 'refit', 'ridge', 'calibration')[0]}: only methods heads and ffn take it")
         if self.scope == "global" and self.overrides:
@@ -165,7 +169,8 @@ class PruneStage(StageBase):
 class QuantizeStage(StageBase):
     """Quantization (``deepshrink.quantize``): PTQ schemes, or QAT trained with ``train`` then frozen. For
     BERT-family sentence encoders: ``int8_per_token`` (int8 Linear codes, per-token activations, optional
-    SmoothQuant ``smooth`` alpha) and ``embedding`` (the word-embedding table as int8 or a k-means codebook;
+    SmoothQuant ``smooth`` alpha; ``compile: true`` scores the model as deployed, compiled by Inductor onto
+    oneDNN int8 kernels) and ``embedding`` (the word-embedding table as int8 or a k-means codebook;
     ``scheme: none`` compresses only the table)."""
 
     kind: Literal["quantize"] = "quantize"
@@ -184,6 +189,7 @@ class QuantizeStage(StageBase):
     smooth: Annotated[float, Field(gt=0.0, lt=1.0, allow_inf_nan=False)] | None = None
     embedding: Literal["int8", "codebook"] | None = None
     embedding_bits: Bits = 4
+    compile: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> QuantizeStage:
@@ -195,9 +201,24 @@ class QuantizeStage(StageBase):
                             "exclude", "exclude_first", "exclude_last")
             if used:
                 raise ValueError(f"{used[0]}: not used by scheme int8_per_token (per-channel weights, per-token "
-                                 "activations; it takes bits, skip, smooth, calibration and embedding)")
+                                 "activations; it takes bits, skip, smooth, calibration, compile and embedding)")
+            if self.smooth is None and _changed(self, "calibration"):
+                raise ValueError("calibration: scheme int8_per_token calibrates only for smooth (SmoothQuant)")
+            typed = [p for p in self.skip if p.startswith("type:")]
+            if typed:
+                raise ValueError(f"skip: {typed[0]!r}: int8_per_token skips Linear layers by name (glob or re:)")
+        elif self.scheme == "none":
+            used = _changed(self, "bits", "act_bits", "granularity", "group_size", "observer", "lsq", "overrides",
+                            "skip", "calibration", "layers", "exclude", "exclude_first", "exclude_last")
+            if used:
+                raise ValueError(f"{used[0]}: not used by scheme none (it compresses only the embedding table)")
         elif self.smooth is not None:
             raise ValueError("smooth: SmoothQuant applies to scheme int8_per_token")
+        if self.embedding is not None and self.scheme not in ("int8_per_token", "none"):
+            raise ValueError(f"embedding: the word-embedding table of a sentence encoder is compressed by scheme "
+                             f"int8_per_token or none, not {self.scheme}")
+        if self.compile and self.scheme != "int8_per_token":
+            raise ValueError("compile: only scheme int8_per_token compiles (Inductor int8 kernels)")
         if self.scheme == "none" and self.embedding is None:
             raise ValueError("scheme: none quantizes only the embedding table; set embedding: int8 or codebook")
         if _changed(self, "embedding_bits") and self.embedding != "codebook":

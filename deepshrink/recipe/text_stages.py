@@ -22,53 +22,101 @@ TEXT_STAGES = "prune (method heads or ffn), quantize (scheme int8_per_token, or 
 
 
 def check_text_stage(stage: Any) -> None:
-    """ConfigError unless ``stage`` can run without labels on a sentence encoder."""
+    """ConfigError unless ``stage`` can run on a sentence encoder with unlabeled text."""
     ok = (isinstance(stage, S.PruneStage) and stage.method in S.TRANSFORMER_PRUNING) or isinstance(
         stage, (S.EncodeStage, S.ExportStage)) or (
         isinstance(stage, S.QuantizeStage) and stage.scheme in ("int8_per_token", "none"))
     if not ok:
-        raise ConfigError(f"a text dataset has no labels to train or calibrate this stage on; text runs support "
-                          f"{TEXT_STAGES}")
+        raise ConfigError(f"not supported on a text dataset (no labels to train on; the image engines do not "
+                          f"take (input_ids, attention_mask)); text runs support {TEXT_STAGES}")
+
+
+def calibration_needed(stage: Any) -> int:
+    """How many calibration sentences ``stage`` reads (0: none)."""
+    if isinstance(stage, S.PruneStage) and stage.method in S.TRANSFORMER_PRUNING:
+        return stage.calibration
+    if isinstance(stage, S.QuantizeStage) and stage.scheme == "int8_per_token" and stage.smooth is not None:
+        return stage.calibration
+    return 0
 
 
 class EmbeddingScorer:
     """Each stage's label-free quality against the baseline's embeddings (``deepshrink.measure.embedding``):
-    ``accuracy`` is the top-1 retrieval agreement (queries vs corpus), ``cosine`` the mean cosine similarity."""
+    ``accuracy`` is the top-1 retrieval agreement (queries vs corpus), ``cosine`` the mean cosine similarity.
 
-    def __init__(self, text: Any) -> None:
+    The reference is set from the baseline model, or on resume by ``reference_loader`` when first needed.
+    With ``compiled``, a model holding ``Int8Linear`` layers is scored as deployed: compiled by Inductor
+    (``compile_int8``, batch 32 x the text's length), so fresh and resumed runs score the same thing."""
+
+    def __init__(self, text: Any, *, compiled: bool = False, progress: bool | None = None) -> None:
         self.text = text
+        self.compiled = compiled
+        self.progress = progress
         self.evaluator: Any = None
+        self.reference_loader: Any = None
 
     @property
     def note(self) -> str:
+        """The sentence the report shows to say what ``accuracy`` means on this run."""
+        how = ("; int8 stages scored as deployed, compiled by Inductor onto oneDNN int8 kernels"
+               if self.compiled else "")
         return (f"accuracy = top-1 retrieval agreement with the baseline's embeddings ({len(self.text.queries)} "
                 f"queries x {len(self.text.corpus)} corpus sentences of {self.text.name}); cosine = mean cosine "
-                "similarity of each sentence's embedding to the baseline's")
+                f"similarity of each sentence's embedding to the baseline's{how}")
 
-    def set_reference(self, model: Any) -> None:
-        from deepshrink.measure.embedding import EmbeddingEvaluator
+    def _embed(self, model: Any) -> Any:
+        return lambda sentences: self.text.embed(model, sentences, self.progress)
 
-        was = model.training
-        model.eval()
-        try:
-            self.evaluator = EmbeddingEvaluator(lambda s: self.text.embed(model, s), self.text.queries,
-                                                self.text.corpus)
-        finally:
-            model.train(was)
+    def set_reference(self, model: Any) -> dict[str, float]:
+        """Embed the evaluation text with the baseline ``model``; returns the baseline's own (perfect) scores."""
+        from deepshrink.measure.embedding import EmbeddingEvaluator, agreement
+
+        with _eval(model):
+            self.evaluator = EmbeddingEvaluator(self._embed(model), self.text.queries, self.text.corpus)
+        ev = self.evaluator
+        return _scores(agreement(ev.ref_queries, ev.ref_corpus, ev.ref_queries, ev.ref_corpus))
 
     def __call__(self, model: Any) -> dict[str, float]:
+        """Scores of ``model`` against the reference (loaded first on a resumed run)."""
         if self.evaluator is None:
-            raise ConfigError("internal: the embedding scorer has no baseline reference")
-        was = model.training
-        model.eval()
-        try:
-            s = self.evaluator(lambda x: self.text.embed(model, x))
-        finally:
-            model.train(was)
-        return {"accuracy": s.retrieval_agreement, "cosine": s.mean_cosine, "min_cosine": s.min_cosine}
+            if self.reference_loader is None:
+                raise ConfigError("internal: the embedding scorer has no baseline reference")
+            self.set_reference(self.reference_loader())
+        scored = self._deployed(model)
+        with _eval(model):
+            return _scores(self.evaluator(self._embed(scored)))
+
+    def _deployed(self, model: Any) -> Any:
+        from deepshrink.transformers.int8 import int8_linear_names
+
+        if not self.compiled or not int8_linear_names(model):
+            return model
+        import torch
+
+        from deepshrink.transformers.inductor import compile_int8
+
+        return compile_int8(model.eval(), self.text.example(32), threads=torch.get_num_threads())
+
+
+def _scores(s: Any) -> dict[str, float]:
+    return {"accuracy": s.retrieval_agreement, "cosine": s.mean_cosine, "min_cosine": s.min_cosine}
+
+
+class _eval:
+    """Eval mode for the block, the previous mode restored after."""
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.was = model, model.training
+
+    def __enter__(self) -> None:
+        self.model.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        self.model.train(self.was)
 
 
 def _text(state: RunState) -> Any:
+    """The run's text dataset; a ConfigError when the run has none."""
     if state.text is None:
         raise ConfigError("this stage needs a text dataset (e.g. --data pydocs) and a sentence encoder")
     return state.text
@@ -105,4 +153,4 @@ def quantize(stage: S.QuantizeStage, state: RunState, name: str) -> None:
     state.model.eval()
 
 
-__all__ = ["TEXT_STAGES", "EmbeddingScorer", "check_text_stage", "prune", "quantize"]
+__all__ = ["TEXT_STAGES", "EmbeddingScorer", "calibration_needed", "check_text_stage", "prune", "quantize"]

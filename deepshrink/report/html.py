@@ -79,6 +79,8 @@ def render_html(run: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
         TRIAL_HEADERS,
         layer_rows,
         stage_cells,
+        QUALITY_HEADERS,
+        quality_rows,
         stage_rows,
         summary_line,
         trial_rows,
@@ -100,11 +102,14 @@ def render_html(run: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{_esc(title)}</h1>",
         f"<p>{_esc(summary_line(run))}</p>",
+        *[f"<p class=\"meta\">{_esc(note)}</p>" for note in run.get("notes") or []],
         html_table(["setting", "value"], _meta_rows(run), table_id="meta"),
         "<h2>Stages</h2>",
         "<p class=\"meta\">× columns: times smaller (or faster) than the baseline; Δ pt: accuracy change "
         "in percentage points. Artifact bytes are sizes of real files.</p>",
         stage_table,
+        *(["<h2>Embedding quality against the baseline</h2>",
+           html_table(QUALITY_HEADERS, quality_rows(run), table_id="quality")] if quality_rows(run) else []),
         "<h2>Layers (baseline vs final stage)</h2>",
         layer_table,
         *(["<h2>Settings tried</h2>", html_table(TRIAL_HEADERS, trial_rows(run), table_id="trials")]

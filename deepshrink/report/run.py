@@ -249,13 +249,28 @@ def summary_line(run: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
+QUALITY_HEADERS = ["stage", "retrieval agreement %", "mean cosine", "min cosine"]
+
+
+def quality_rows(run: Mapping[str, Any]) -> list[list[object]]:
+    """Label-free scores of sentence-encoder runs (stages that carry ``cosine``); empty otherwise."""
+    stages = [run["baseline"], *run["stages"]]
+    return [[s["name"], 100.0 * s["accuracy"] if s.get("accuracy") is not None else None,
+             f"{s['cosine']:.4f}", f"{s['min_cosine']:.4f}" if s.get("min_cosine") is not None else None]
+            for s in stages if s.get("cosine") is not None]
+
+
 def render_markdown(run: Mapping[str, Any], plots: Mapping[str, str]) -> str:
     """report.md: summary, stage table relative to the baseline, per-layer table, plot links."""
     lines = [f"# Compression report: {run['model']} on {run['dataset']}", "", summary_line(run), "",
+             *[f"- {note}" for note in run.get("notes") or []], *([""] if run.get("notes") else []),
              "## Stages (× = times smaller / faster than the baseline)", "",
              markdown_table(STAGE_HEADERS, [stage_cells(r) for r in stage_rows(run)]), "",
              "## Layers (baseline vs final stage)", "", markdown_table(LAYER_HEADERS, layer_rows(run))
              if layer_rows(run) else "(no weight layers)", ""]
+    if quality_rows(run):
+        lines += ["## Embedding quality against the baseline", "", markdown_table(QUALITY_HEADERS, quality_rows(run)),
+                  ""]
     if run.get("trials"):
         lines += ["## Settings tried", "", markdown_table(TRIAL_HEADERS, trial_rows(run)), ""]
     for key, file in plots.items():

@@ -283,13 +283,14 @@ def tokenize(tokenizer: Any, sentences: list[str], max_length: int = 128,
 
 @torch.no_grad()
 def encode(model: Any, tokenizer: Any, sentences: list[str], *, batch_size: int = 64,
-           max_length: int = 128) -> torch.Tensor:
-    """Sentence embeddings ``[N, D]`` (float32, CPU) for any callable ``model(input_ids, attention_mask)``."""
+           max_length: int = 128, progress: bool | None = None) -> torch.Tensor:
+    """Sentence embeddings ``[N, D]`` (float32, CPU) for any callable ``model(input_ids, attention_mask)``
+    (``progress``: the bar, as ``deepshrink.core.progress.track``)."""
     from deepshrink.core.progress import track
 
     outs = []
     starts = range(0, len(sentences), batch_size)
-    for start in track(starts, "encoding", total=len(starts)):
+    for start in track(starts, "encoding", total=len(starts), enabled=progress):
         ids, mask = tokenize(tokenizer, sentences[start:start + batch_size], max_length)
         outs.append(torch.as_tensor(model(ids, mask)).float().cpu())
     return torch.cat(outs)

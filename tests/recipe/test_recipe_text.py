@@ -79,6 +79,79 @@ def test_ffn_recipe_artifact_reloads_and_resume_reuses_the_baseline(text: TextSp
     assert again.resumed == ["prune"]
     assert again.report["stages"][-1]["accuracy"] == first.report["stages"][-1]["accuracy"]
     assert again.report["stages"][-1]["cosine"] == first.report["stages"][-1]["cosine"]
+    md = (out / "report.md").read_text()
+    assert "retrieval agreement" in md and "Embedding quality against the baseline" in md
+
+
+TWO = ("  - kind: prune\n    method: ffn\n    sparsity: 0.25\n    calibration: 32\n"
+       "  - kind: prune\n    method: heads\n    sparsity: 0.5\n    calibration: 32\n")
+
+
+def test_interrupted_text_run_resumes_and_scores_against_the_baseline(text: TextSplits, tmp_path: Path) -> None:
+    recipe = _recipe(TWO)
+    whole = run_recipe(recipe, model=_tiny(), data=text)
+
+    def stop_after_first(event: dict) -> None:
+        if event.get("event") == "done" and event.get("name") == "prune-1":
+            raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(recipe, model=_tiny(), data=text, out=out, on_event=stop_after_first)
+    resumed = run_recipe(recipe, model=_tiny(), data=text, out=out)
+    assert resumed.resumed == ["prune-1"]
+    for key in ("accuracy", "cosine", "min_cosine", "params"):
+        assert resumed.report["stages"][-1][key] == whole.report["stages"][-1][key]
+    assert resumed.report["stages"][-1]["cosine"] < 1.0
+
+
+def test_int8_per_token_recipe_stores_codes_and_scores_the_compiled_model(text: TextSplits, tmp_path: Path) -> None:
+    from deepshrink.transformers import Int8Linear
+
+    body = ("  - kind: quantize\n    scheme: int8_per_token\n    bits: 7\n    smooth: 0.5\n    calibration: 32\n"
+            "    embedding: int8\n")
+    res = run_recipe(_recipe(body), model=_tiny(), data=text, out=tmp_path / "r")
+    layers = [m for m in res.model.modules() if isinstance(m, Int8Linear)]
+    assert len(layers) == 12 and all(int(m.codes.abs().max()) <= 64 for m in layers)
+    base, final = res.report["baseline"], res.report["stages"][-1]
+    # float32 tables and Linears -> int8 table + 7-bit codes: well under a third of the baseline file
+    assert final["artifact_bytes"] < base["artifact_bytes"] / 3
+    assert 0.9 < final["cosine"] < 1.0
+    reloaded = load_model(tmp_path / "r" / "00-quantize.dsk", None)
+    ids, mask = text.tokenize(text.corpus)
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids, mask), res.model(ids, mask))
+
+
+@pytest.mark.slow
+def test_compile_scores_the_inductor_model(text: TextSplits, monkeypatch: pytest.MonkeyPatch) -> None:
+    import deepshrink.transformers.inductor as inductor
+
+    calls: list[tuple[int, int]] = []
+    real = inductor.compile_int8
+
+    def counting(model, example, **kw):  # type: ignore[no-untyped-def]
+        calls.append(tuple(example[0].shape))
+        return real(model, example, **kw)
+
+    monkeypatch.setattr(inductor, "compile_int8", counting)
+    body = "  - kind: quantize\n    scheme: int8_per_token\n    bits: 7\n    compile: true\n"
+    eager = run_recipe(_recipe(body.replace("    compile: true\n", "")), model=_tiny(), data=text)
+    assert calls == []
+    compiled = run_recipe(_recipe(body), model=_tiny(), data=text)
+    assert calls == [(32, 32)]  # batch 32 x the text's max_length (32 in this fixture)
+    assert any("compiled by Inductor" in n for n in compiled.report["notes"])
+    e, c = eager.report["stages"][-1], compiled.report["stages"][-1]
+    assert e["artifact_bytes"] == c["artifact_bytes"]
+    assert abs(e["cosine"] - c["cosine"]) < 1e-3
+
+
+def test_quick_caps_text_calibration(text: TextSplits) -> None:
+    from deepshrink.recipe.runner import quick_recipe
+
+    r = quick_recipe(_recipe("  - kind: prune\n    method: ffn\n    calibration: 500\n"
+                             "  - kind: quantize\n    scheme: int8_per_token\n    smooth: 0.5\n"))
+    assert [s.calibration for s in r.stages] == [64, 64]
 
 
 def test_heads_and_embedding_stages(text: TextSplits) -> None:
@@ -93,23 +166,35 @@ def test_heads_and_embedding_stages(text: TextSplits) -> None:
 
 
 @pytest.mark.parametrize("body, match", [
-    ("  - kind: finetune\n    epochs: 1\n", "no labels"),
-    ("  - kind: prune\n    sparsity: 0.5\n", "no labels"),
-    ("  - kind: quantize\n    scheme: int8_dynamic\n", "no labels"),
-    ("  - kind: distill\n    student: lenet300\n", "no labels"),
+    ("  - kind: finetune\n    epochs: 1\n", "not supported on a text dataset"),
+    ("  - kind: prune\n    sparsity: 0.5\n", "not supported on a text dataset"),
+    ("  - kind: quantize\n    scheme: int8_dynamic\n", "not supported on a text dataset"),
+    ("  - kind: distill\n    student: lenet300\n", "not supported on a text dataset"),
 ])
 def test_text_runs_refuse_stages_that_need_labels(text: TextSplits, body: str, match: str) -> None:
     with pytest.raises(StageError, match=f"stage 0 .*{match}"):
         run_recipe(_recipe(body), model=_tiny(), data=text)
 
 
-def test_text_stages_need_text_data_and_a_bert_model(text: TextSplits) -> None:
+def test_text_stages_need_text_data_and_a_bert_model(text: TextSplits, tmp_path: Path) -> None:
     from deepshrink.models import create
 
-    with pytest.raises(StageError, match="needs a text dataset"):
-        run_recipe(_recipe(FFN), model="lenet300", data="digits")
+    emb = "  - kind: finetune\n    epochs: 1\n  - kind: quantize\n    scheme: none\n    embedding: int8\n"
+    for body, where in ((FFN, "stage 0"), (emb, "stage 1")):
+        with pytest.raises(StageError, match=f"{where} .*needs a text dataset"):
+            run_recipe(_recipe(body), model="lenet300", data="digits", out=tmp_path / "o")
+        assert not (tmp_path / "o").exists()
     with pytest.raises(ModelError, match="not a BERT-family model"):
         run_recipe(_recipe(FFN), model=create("lenet300"), data=text)
+    with pytest.raises(ModelError, match="sentence encoder: use a text dataset"):
+        run_recipe(_recipe("  - kind: quantize\n    scheme: int8_dynamic\n"), model=_tiny(), data="digits")
+
+
+def test_calibration_beyond_the_text_fails_before_any_work(text: TextSplits, tmp_path: Path) -> None:
+    body = FFN.replace("calibration: 64", "calibration: 100000")
+    with pytest.raises(StageError, match="stage 0 .*100000 sentences asked"):
+        run_recipe(_recipe(body), model=_tiny(), data=text, out=tmp_path / "o")
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("body, match", [
@@ -122,6 +207,13 @@ def test_text_stages_need_text_data_and_a_bert_model(text: TextSplits) -> None:
     ("  - kind: quantize\n    scheme: int8_per_token\n    observer: mse\n", "observer: not used"),
     ("  - kind: quantize\n    scheme: none\n    embedding: int8\n    embedding_bits: 6\n", "embedding_bits"),
     ("  - kind: quantize\n    scheme: int8_per_token\n    smooth: 1.5\n", "smooth"),
+    ("  - kind: quantize\n    scheme: int8_dynamic\n    embedding: codebook\n", "embedding: the word-embedding"),
+    ("  - kind: prune\n    method: heads\n    round_to: 4\n", "round_to: not used by method heads"),
+    ("  - kind: prune\n    method: ffn\n    ridge: 0.01\n", "ridge: only used with refit"),
+    ("  - kind: quantize\n    scheme: none\n    embedding: int8\n    bits: 4\n", "bits: not used by scheme none"),
+    ("  - kind: quantize\n    scheme: int8_per_token\n    calibration: 64\n", "calibrates only for smooth"),
+    ("  - kind: quantize\n    scheme: int8_per_token\n    skip: ['type:Linear']\n", "by name"),
+    ("  - kind: quantize\n    scheme: int8_static\n    compile: true\n", "compile: only scheme int8_per_token"),
 ])
 def test_bad_text_stage_settings_name_the_key(body: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -167,7 +259,7 @@ def test_cli_runs_a_text_recipe(tmp_path: Path) -> None:
     bad.write_text(recipe.read_text() + "  - kind: finetune\n    epochs: 1\n")
     proc = subprocess.run([sys.executable, "-m", "deepshrink", "run", str(bad), "--out", str(tmp_path / "b")],
                           capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode != 0 and "no labels" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode != 0 and "not supported on a text dataset" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "b").exists()
 
 
