@@ -46,6 +46,8 @@ BENCHMARKS: list[list[str]] = [
     ["bench_distillation.py", "--parts", "ddp", "--ddp-workload", "hinton", "--seeds", "3", "--result-name",
      "distillation_ddp_hinton"],
     ["bench_recipes.py", "--share-baselines"],
+    # the MiniLM recipes at the MiniLM benchmarks' 2 threads (no training: the scores match those rows)
+    ["bench_recipes.py", "--recipes", "minilm_int8,minilm_ffn10_refit", "--threads", "2", "--name", "recipes_minilm"],
     ["bench_auto.py", "--models", "lenet300", "--with-dc", "--result-name", "auto_lenet300"],
     ["bench_auto.py", "--models", "lenet5", "--with-dc", "--result-name", "auto_lenet5"],
     # the hand-written recipe judged as auto must judge it: on 6 fresh 80/20 splits

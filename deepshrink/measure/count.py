@@ -1,4 +1,8 @@
-"""Parameter, non-zero and size counts, aware of tied weights and pruning masks."""
+"""Parameter, non-zero and size counts, aware of tied weights and pruning masks.
+
+A module that keeps its weights as buffers in another form (integer codes of a quantized layer) names them in a
+class attribute ``deepshrink_weight_buffers``; they count as its parameters, so quantizing never "removes"
+parameters."""
 
 from __future__ import annotations
 
@@ -83,6 +87,14 @@ def _own_entries(module: nn.Module) -> Iterator[_Entry]:
             yield _Entry(pname, stored, effective)
     for name, param in module.named_parameters(recurse=False):
         yield _Entry(name, (param,), functools.partial(_effective_nonzeros, module, name, param))
+    for name in getattr(type(module), "deepshrink_weight_buffers", ()):
+        buf = module._buffers.get(name)
+        if isinstance(buf, torch.Tensor):
+            yield _Entry(name, (buf,), functools.partial(_buffer_nonzeros, buf))
+
+
+def _buffer_nonzeros(buf: torch.Tensor) -> int:
+    return int((buf.detach() != 0).sum().item())
 
 
 def _unique_entries(model: nn.Module) -> Iterator[_Entry]:

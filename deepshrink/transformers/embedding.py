@@ -23,6 +23,8 @@ from deepshrink.core.errors import ConfigError, DataError, ModelError
 class Int8Embedding(nn.Module):
     """Embedding lookup from int8 codes times a per-row float32 scale."""
 
+    deepshrink_weight_buffers = ("codes",)  # counted as parameters (deepshrink.measure.count)
+
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None) -> None:
         super().__init__()
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
@@ -48,6 +50,8 @@ class Int8Embedding(nn.Module):
 
 class CodebookEmbedding(nn.Module):
     """Embedding lookup ``codebook[ids_table[ids]]`` with a k-means codebook of ``2^bits`` values."""
+
+    deepshrink_weight_buffers = ("codes",)  # counted as parameters (deepshrink.measure.count)
 
     def __init__(self, num_embeddings: int, embedding_dim: int, bits: int, padding_idx: int | None = None) -> None:
         super().__init__()

@@ -56,6 +56,8 @@ class Int8Linear(nn.Module):
     divisor, already folded into the codes). The integer matmul runs in float32 (exact: every partial sum
     stays under 2^24) or float64 when the layer is wide enough for that to fail."""
 
+    deepshrink_weight_buffers = ("codes", "bias")  # counted as parameters (deepshrink.measure.count)
+
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True, bits: int = 7,
                  smoothed: bool = False) -> None:
         super().__init__()

@@ -5,6 +5,8 @@ one built from memory and close to the eager model, and clear errors on bad inpu
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -200,3 +202,14 @@ def test_malformed_int8_records_are_refused(tiny) -> None:
 
     with pytest.raises(ConfigError, match="do not fit 7 signed bits"):
         encode_int_codes(torch.tensor([[-65, 3]], dtype=torch.int8), 7, "k")
+
+
+def test_int8_model_counts_the_same_parameters(tiny: torch.nn.Module) -> None:
+    from deepshrink.measure import count_nonzeros, count_params
+    from deepshrink.transformers import compress_embedding, quantize_int8
+
+    before = count_params(tiny)
+    q = quantize_int8(compress_embedding(copy.deepcopy(tiny), "int8"), weight_bits=7)
+    # every Linear weight and bias and the embedding table are still there, as integer codes
+    assert count_params(q) == before
+    assert 0 < count_nonzeros(q) <= before
