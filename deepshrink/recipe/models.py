@@ -23,7 +23,7 @@ from deepshrink.artifact import tensors as T
 from deepshrink.artifact.model_io import SaveReport
 from deepshrink.codec import container
 from deepshrink.core.errors import ArtifactError, DeepShrinkError, ModelError
-from deepshrink.models.zoo import ARCH_ATTR, MODELS, create
+from deepshrink.models.zoo import ARCH_ATTR, MODELS, PRETRAINED, create
 
 IMPORT_PREFIX = "import:"
 
@@ -38,9 +38,11 @@ def model_factory(spec: str, args: dict[str, Any] | None = None) -> Callable[[],
     if not isinstance(spec, str) or not spec:
         raise ModelError("no model given: pass --model NAME or package.module:factory, or set model: in the recipe")
     if not is_import_path(spec):
+        if spec in PRETRAINED:
+            return lambda: _pretrained(spec, args)
         if spec not in MODELS:
-            raise ModelError(f"unknown model {spec!r}; choose a zoo model ({', '.join(MODELS.names())}) "
-                             "or give package.module:factory")
+            raise ModelError(f"unknown model {spec!r}; choose a zoo model ({', '.join(MODELS.names())}), a "
+                             f"pretrained one ({', '.join(PRETRAINED.names())}) or give package.module:factory")
         return lambda: create(spec, **args)
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
@@ -65,6 +67,34 @@ def model_factory(spec: str, args: dict[str, Any] | None = None) -> Callable[[],
         return model
 
     return build
+
+
+def check_runs(model: nn.Module, spec: str, data: str, example: torch.Tensor) -> None:
+    """One line, before any training or file, when the model cannot take the dataset's inputs."""
+    from deepshrink.measure._runtime import first_line
+
+    arch = getattr(model, ARCH_ATTR, None)
+    if isinstance(arch, dict) and arch.get("zoo") == "hf_bert":
+        raise ModelError(f"model {spec!r} is a sentence encoder: use a text dataset (--data pydocs) with a recipe "
+                         "(e.g. deepshrink run minilm_int8)")
+    was = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    except DeepShrinkError:
+        raise
+    except Exception as exc:  # the user's model and data do not fit together
+        raise ModelError(f"model {spec!r} cannot run on {data!r} inputs of shape {tuple(example.shape)}: "
+                         f"{first_line(exc)}") from None
+    finally:
+        model.train(was)
+
+
+def _pretrained(name: str, args: dict[str, Any]) -> nn.Module:
+    try:
+        return PRETRAINED.get(name)(**args)
+    except TypeError as exc:
+        raise ModelError(f"model {name!r}: bad arguments {sorted(args)}: {exc}") from None
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:

@@ -31,7 +31,7 @@ from deepshrink.core.fileio import atomic_write_text, ensure_dir
 from deepshrink.recipe import schema as S
 from deepshrink.recipe import stages as ops
 from deepshrink.recipe.loader import LineMap, recipe_to_dict
-from deepshrink.recipe.models import load_model, load_weights, model_factory, save_model
+from deepshrink.recipe.models import check_runs, load_model, load_weights, model_factory, save_model
 from deepshrink.recipe.text_stages import EmbeddingScorer, calibration_needed
 from deepshrink.train import seed_everything
 
@@ -231,6 +231,8 @@ def run_recipe(recipe: S.Recipe, *, model: nn.Module | str | None = None, model_
                                                     isinstance(model, nn.Module) else ""), splits.name, os.fspath(weights) if weights else None, quick)
     names = S.stage_names(recipe)
     _preflight(recipe, net, lines, source, text)
+    if text is None:
+        check_runs(net, spec_name, splits.name, example)
 
     created = out is not None and not Path(out).exists()
     tmp = None

@@ -270,3 +270,15 @@ def test_compress_api_takes_text_data(text: TextSplits) -> None:
                                                      "calibration": 32}]}, train_data=text)
     assert structure(res.model)["ffn"] == [48, 48]
     assert res.report["dataset"] == "tiny-text" and 0.0 <= res.report["stages"][-1]["accuracy"] <= 1.0
+
+
+def test_model_that_cannot_take_the_data_fails_in_one_line_before_any_file(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"'lenet300' cannot run on 'mnist1d' inputs of shape \(1, 40\)"):
+        run_recipe(_recipe("  - kind: finetune\n    epochs: 1\n"), model="lenet300", data="mnist1d",
+                   out=tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+    from deepshrink.auto.inputs import prepare
+
+    with pytest.raises(ModelError, match="is a sentence encoder"):
+        prepare("deepshrink.transformers.model:build_encoder", weights=None, data="digits", out=tmp_path / "a",
+                model_args=dict(TINY))
