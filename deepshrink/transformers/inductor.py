@@ -12,8 +12,9 @@ whose GELU inputs have outliers).
 A model from ``quantize_int8`` (``Int8Linear`` layers, e.g. loaded with ``deepshrink.load``) is compiled
 with its stored codes and scales as the int8 weights: nothing is re-quantized or re-smoothed.
 
-The compiled graph has static shapes: ``CompiledEncoder`` pads shorter sequences (mask 0) and cuts
-batches into chunks of the compiled batch size. Needs torchao and a C++ compiler (compiling MiniLM took
+Each compiled graph has static shapes: ``CompiledEncoder`` sorts the rows by length, cuts them into chunks
+of the compiled batch size and runs each chunk at the shortest compiled sequence length (``lengths``) that
+holds it, so padding costs little; all-padding columns are cut, shorter chunks padded (mask 0). Needs torchao and a C++ compiler (compiling MiniLM took
 18-23 s on a quiet 2-core machine in benchmarks/results/minilm.md). See docs/transformers.md.
 """
 
@@ -32,24 +33,69 @@ from deepshrink.transformers.int8 import (
 )
 
 
-class CompiledEncoder(nn.Module):
-    """``(input_ids, attention_mask) -> embeddings`` through a graph compiled for one (batch, seq) shape.
+def padded_extent(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Per row, one past the last position with a non-zero mask (0 for an all-padding row): the columns
+    after it hold only padding, which the encoder ignores, so they can be cut without changing the row."""
+    positions = torch.arange(1, attention_mask.shape[-1] + 1, device=attention_mask.device)
+    return (positions * (attention_mask != 0)).amax(dim=-1)
 
-    Shorter sequences are padded (id ``pad_id``, mask 0), longer ones refused; a batch of another size is
-    cut into chunks of the compiled size, the last one filled with copies of its first row that are
-    dropped from the output. Inference only."""
+
+def trim_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` without the trailing columns that are padding in every row (at least one
+    column kept). For a BERT encoder with mean pooling the embeddings do not change: what padding to the
+    batch's longest sentence (``tokenizer(..., padding=True)``) gives instead of a fixed length."""
+    keep = max(int(padded_extent(attention_mask).max()), 1)
+    return input_ids[:, :keep], attention_mask[:, :keep]
+
+
+def default_lengths(seq_len: int) -> tuple[int, ...]:
+    """The sequence lengths a compiled encoder runs at by default: powers of two from 16, then ``seq_len``."""
+    return tuple(sorted({n for n in (16, 32, 64, 128, 256) if n < seq_len} | {seq_len}))
+
+
+class CompiledEncoder(nn.Module):
+    """``(input_ids, attention_mask) -> embeddings`` through graphs compiled for one batch size and a few
+    sequence lengths (``lengths``, the longest = the example's).
+
+    Rows are sorted by their real length (``padded_extent``) and cut into chunks of the compiled batch size;
+    each chunk runs at the shortest compiled length that holds its longest sentence, its columns padded (id
+    ``pad_id``, mask 0) or cut (all-padding columns only), so short sentences do not pay for padding. A length
+    not yet used is compiled at its first use (seconds; ``warm()`` compiles them all now); the last chunk is
+    filled with copies of its first row, dropped from the output; rows come back in input order. Longer
+    sequences are refused. Inference only."""
 
     def __init__(self, compiled: Any, batch_size: int, seq_len: int, pad_id: int, *, quantized: list[str],
-                 skipped: list[str], activations: str, smooth: float | None = None) -> None:
+                 skipped: list[str], activations: str, smooth: float | None = None,
+                 lengths: Sequence[int] = (), threads: int | None = None) -> None:
         super().__init__()
         object.__setattr__(self, "_compiled", compiled)  # not a submodule: no mode switching, no state_dict
         self.batch_size, self.seq_len, self.pad_id = batch_size, seq_len, pad_id
         self.quantized, self.skipped, self.activations, self.smooth = quantized, skipped, activations, smooth
+        self.lengths = tuple(sorted(set(lengths) | {seq_len}))
+        self.threads = threads
+        self.compiled_lengths: set[int] = {seq_len}
 
     def train(self, mode: bool = True) -> CompiledEncoder:
         if mode:
             raise ModelError("a compiled int8 encoder is for inference only; fine-tune the float model instead")
         return self
+
+    def warm(self) -> CompiledEncoder:
+        """Compile every length in ``lengths`` now (each takes seconds the first time it is used otherwise)."""
+        for length in self.lengths:
+            self._ensure(length)
+        return self
+
+    def _ensure(self, length: int) -> None:
+        if length in self.compiled_lengths:
+            return
+        from deepshrink.quantize.backends.inductor import warm_frozen
+
+        with torch.inference_mode(False):  # normal tensors, as ``forward`` passes (see there)
+            ids = torch.full((self.batch_size, length), self.pad_id, dtype=torch.int64)
+            mask = torch.ones_like(ids)
+        warm_frozen(self._compiled, (ids, mask), self.threads)
+        self.compiled_lengths.add(length)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         ids, mask = check_pair(input_ids, attention_mask, "input")
@@ -63,20 +109,32 @@ class CompiledEncoder(nn.Module):
         # that turns it into int8 kernels
         chunks = []
         with torch.inference_mode(False):
-            ids, mask = ids.clone(), mask.clone()
-            if length < self.seq_len:
-                ids = nn.functional.pad(ids, (0, self.seq_len - length), value=self.pad_id)
-                mask = nn.functional.pad(mask, (0, self.seq_len - length), value=0)
+            extent = padded_extent(mask)
+            order = torch.argsort(extent, descending=True, stable=True) if len(self.lengths) > 1 else None
+            if order is not None:
+                ids, mask, extent = ids[order], mask[order], extent[order]
             for start in range(0, n, b):
                 i, m = ids[start:start + b], mask[start:start + b]
+                need = max(int(extent[start:start + b].max()), 1) if order is not None else length
+                target = next(x for x in self.lengths if x >= need)
+                if target < i.shape[1]:
+                    i, m = i[:, :target], m[:, :target]
+                elif target > i.shape[1]:
+                    i = nn.functional.pad(i, (0, target - i.shape[1]), value=self.pad_id)
+                    m = nn.functional.pad(m, (0, target - m.shape[1]), value=0)
                 k = len(i)
                 if k < b:
                     i = torch.cat([i, i[:1].expand(b - k, -1)])
                     m = torch.cat([m, m[:1].expand(b - k, -1)])
-                chunks.append((i, m, k))
+                chunks.append((i.clone(), m.clone(), k, target))
+        for *_, target in chunks:
+            self._ensure(target)
         with torch.inference_mode():
-            outs = [self._compiled(i, m)[:k] for i, m, k in chunks]
-        return outs[0] if len(outs) == 1 else torch.cat(outs)
+            outs = [self._compiled(i, m)[:k] for i, m, k, _ in chunks]
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        if order is not None:
+            out = out[torch.argsort(order)]
+        return out
 
 
 ACTIVATIONS = ("per-token", "per-tensor", "static")
@@ -85,7 +143,7 @@ ACTIVATIONS = ("per-token", "per-tensor", "static")
 def compile_int8(encoder: nn.Module, example: tuple[torch.Tensor, torch.Tensor], *, skip: Sequence[str] = (),
                  activations: str = "per-token", calibration: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
                  smooth: float | None = None, reduce_range: bool = False, weight_bits: int | None = None,
-                 threads: int | None = None) -> CompiledEncoder:
+                 threads: int | None = None, lengths: Sequence[int] | None = None) -> CompiledEncoder:
     """int8 copy of ``encoder`` compiled for ``example``'s shape (``(input_ids, attention_mask)``, e.g.
     ``tokenize(tok, sentences, pad_to=128)``); the encoder itself is not modified.
 
@@ -100,7 +158,10 @@ def compile_int8(encoder: nn.Module, example: tuple[torch.Tensor, torch.Tensor],
     activations, uint8 schemes only) is the other remedy, measured worse. ``smooth``: SmoothQuant strength
     alpha (e.g. 0.5) for the per-token scheme, per-channel activation maxima measured on ``calibration``
     (any padding; use training text, not the evaluation text). ``threads``: the kernels' thread count,
-    fixed at compile time.
+    fixed at compile time. ``lengths``: the sequence lengths the per-token scheme runs at (None: powers of two
+    from 16 below the example's length, and that length; ``[n]``: one static shape, as the uint8 schemes,
+    whose exported graph has the example's shape): each batch runs at the shortest one that holds its longest
+    sentence, compiled when first needed (``CompiledEncoder.warm()`` compiles them all).
 
     An encoder that already holds ``Int8Linear`` layers (``quantize_int8``, or ``deepshrink.load`` of its
     artifact) is compiled with exactly its codes and scales (per-token activations); its float Linears stay
@@ -119,6 +180,7 @@ def compile_int8(encoder: nn.Module, example: tuple[torch.Tensor, torch.Tensor],
     ids, mask = check_pair(*example, "example")
     batches = calibration_pairs(calibration)
     _check_positive(threads=threads)
+    lengths = _check_lengths(lengths, ids.shape[1], activations)
     pad_id = int(getattr(getattr(encoder, "config", None), "pad_token_id", None) or 0)
     held = int8_linear_names(encoder)
     if held:
@@ -126,7 +188,7 @@ def compile_int8(encoder: nn.Module, example: tuple[torch.Tensor, torch.Tensor],
         check_finite(encoder)
         compiled = compile_int8_linears(float_copy(encoder), (ids, mask), threads)
         return CompiledEncoder(compiled, ids.shape[0], ids.shape[1], pad_id, quantized=held, skipped=skipped,
-                               activations=activations, smooth=None)
+                               activations=activations, smooth=None, lengths=lengths, threads=threads)
     if not dynamic and not batches:
         raise DataError("static int8 needs calibration batches")
     if smooth is not None and activations != "per-token":
@@ -147,7 +209,26 @@ def compile_int8(encoder: nn.Module, example: tuple[torch.Tensor, torch.Tensor],
         compiled = compile_pt2e(float_copy(encoder), (ids, mask), batches, dynamic=dynamic,
                                 reduce_range=reduce_range, weight_bits=weight_bits, skip=skipped, threads=threads)
     return CompiledEncoder(compiled, ids.shape[0], ids.shape[1], pad_id, quantized=quantized,
-                           skipped=skipped, activations=activations, smooth=smooth)
+                           skipped=skipped, activations=activations, smooth=smooth, lengths=lengths,
+                           threads=threads)
+
+
+def _check_lengths(lengths: Sequence[int] | None, seq_len: int, activations: str) -> tuple[int, ...]:
+    """The compiled sequence lengths, validated (ConfigError naming the bad value)."""
+    if lengths is None:
+        return default_lengths(seq_len) if activations == "per-token" else (seq_len,)
+    if isinstance(lengths, (str, bytes)) or not isinstance(lengths, Sequence) or not lengths:
+        raise ConfigError(f"lengths must be a non-empty list of sequence lengths, got {lengths!r}")
+    for n in lengths:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= seq_len:
+            raise ConfigError(f"lengths: {n!r} is not a sequence length between 1 and the example's {seq_len}")
+    out = tuple(sorted(set(lengths) | {seq_len}))
+    if len(out) > 1 and activations != "per-token":
+        raise ConfigError(f"lengths {list(out)}: the {activations!r} scheme's exported graph has the example's "
+                          f"length only; pass lengths=[{seq_len}] or use per-token activations")
+    if len(out) > 16:
+        raise ConfigError(f"lengths: {len(out)} lengths, at most 16 (each is a compiled graph)")
+    return out
 
 
 def _check_held(encoder: nn.Module, held: list[str], activations: str, smooth: float | None, reduce_range: bool,
@@ -221,8 +302,8 @@ def compile_int8_linears(model: nn.Module, example: tuple[torch.Tensor, ...], th
                     inv = shared.setdefault(key, q.inv_scale.detach().clone())
                     parent, _, child = name.rpartition(".")
                     setattr(modules[parent] if parent else model, child, SmoothedLinear(lin, inv))
-        return compile_frozen(model, example, threads)
+        return compile_frozen(model, example, threads, dynamic=False)
 
 
 __all__ = ["ACTIVATIONS", "FFN_OUT", "CompiledEncoder", "SmoothedLinear", "compile_int8", "compile_int8_linears",
-           "linear_names", "quantize_int8", "smooth_linears"]
+           "default_lengths", "linear_names", "padded_extent", "quantize_int8", "smooth_linears", "trim_padding"]

@@ -119,6 +119,69 @@ def test_bad_options_are_clear_errors(tiny, tokenizer, sentences) -> None:
         compile_int8(tiny, example, threads=0)
     with pytest.raises(ModelError, match="nn.Module"):
         compile_int8(lambda i, m: i, example)
+    for bad in (0, 17, True, "16"):
+        with pytest.raises(ConfigError, match="lengths: .* between 1 and the example's 16"):
+            compile_int8(tiny, example, lengths=[bad])
+    for bad in ([], "16", 16):
+        with pytest.raises(ConfigError, match="non-empty list"):
+            compile_int8(tiny, example, lengths=bad)
+    with pytest.raises(ConfigError, match="'per-tensor' scheme's exported graph"):
+        compile_int8(tiny, example, activations="per-tensor", lengths=[8, 16])
+
+
+@pytest.mark.slow
+def test_a_length_first_needed_inside_inference_mode_is_compiled_frozen_once(tokenizer, sentences) -> None:
+    from torch._dynamo.utils import counters
+
+    int8 = compile_int8(tiny_encoder(3), tokenize(tokenizer, sentences[:4], pad_to=16), lengths=[12])
+    assert int8.lengths == (12, 16) and int8.compiled_lengths == {16}
+    short = tokenize(tokenizer, ["Tuples are immutable.", "Lists are mutable sequences."], pad_to=16)
+    assert int(short[1].sum(1).max()) <= 12
+    graphs = counters["stats"]["unique_graphs"]
+    with torch.inference_mode():  # as compare_latency calls it: compiles length 12 here
+        first = int8(*short)
+    assert int8.compiled_lengths == {12, 16}
+    again = int8(*short)
+    with torch.no_grad():
+        int8(*short)
+    # one new graph, the frozen one, serves every call (a second would be a recompile without the freezing)
+    assert counters["stats"]["unique_graphs"] == graphs + 1
+    assert torch.equal(first, again)
+
+
+def test_padding_extent_and_trim_keep_every_real_token() -> None:
+    from deepshrink.transformers.inductor import default_lengths, padded_extent, trim_padding
+
+    mask = torch.tensor([[1, 1, 0, 0, 0], [0, 1, 1, 0, 0], [0, 0, 0, 0, 0]])  # right-, left-padded, empty
+    ids = torch.arange(15).reshape(3, 5)
+    assert padded_extent(mask).tolist() == [2, 3, 0]
+    t_ids, t_mask = trim_padding(ids, mask)
+    assert torch.equal(t_ids, ids[:, :3]) and torch.equal(t_mask, mask[:, :3])
+    assert trim_padding(ids[2:], mask[2:])[0].shape == (1, 1)  # an all-padding batch keeps one column
+    assert default_lengths(128) == (16, 32, 64, 128) and default_lengths(100) == (16, 32, 64, 100)
+    assert default_lengths(8) == (8,)
+
+
+@pytest.mark.slow
+def test_short_batches_run_at_a_shorter_compiled_length_with_identical_output(compiled, tokenizer,
+                                                                               sentences) -> None:
+    model, int8, _ = compiled
+    fixed = compile_int8(model, tokenize(tokenizer, (sentences * 2)[:8], pad_to=24), skip=[FFN_OUT], lengths=[24])
+    assert fixed.lengths == (24,) and int8.lengths == (16, 24)
+    long = "An exception raised inside a finally clause replaces the exception that was being handled before."
+    text = [sentences[0], long, *sentences[1:], long, *sentences] * 2  # 26 rows, two lengths mixed
+    ids, mask = tokenize(tokenizer, text, pad_to=24)
+    assert int(mask.sum(1).max()) > 16 >= int(mask.sum(1).min())
+    shapes: list[tuple[int, ...]] = []
+    inner = int8._compiled
+    object.__setattr__(int8, "_compiled", lambda i, m: shapes.append(tuple(i.shape)) or inner(i, m))
+    try:
+        got = int8(ids, mask)
+    finally:
+        object.__setattr__(int8, "_compiled", inner)
+    # rows sorted by length: the 4 long ones fill one chunk at 24 tokens, the 22 short ones run at 16
+    assert sorted(shapes) == [(8, 16), (8, 16), (8, 16), (8, 24)]
+    assert torch.equal(got, fixed(ids, mask))  # same rows, same order, bit for bit
 
 
 def test_nan_weights_are_refused(tiny, tokenizer, sentences) -> None:
@@ -176,6 +239,7 @@ def test_calls_of_any_batch_and_grad_mode_reuse_the_frozen_graph(compiled, token
     from torch._dynamo.utils import counters
 
     _, int8, _ = compiled
+    assert int8.warm() is int8 and int8.compiled_lengths == {16, 24}  # every compiled length, now
     int8(*tokenize(tokenizer, sentences[:3], pad_to=24))  # first call after the others ran
     before = dict(counters["stats"])
     int8(*tokenize(tokenizer, sentences[:3], pad_to=24))

@@ -139,21 +139,34 @@ def compile_pt2e(model: nn.Module, example: tuple[torch.Tensor, ...],
         return compile_frozen(convert_pt2e(prepared), example, threads)
 
 
-def compile_frozen(module: nn.Module, example: tuple[torch.Tensor, ...], threads: int | None) -> Any:
+def compile_frozen(module: nn.Module, example: tuple[torch.Tensor, ...], threads: int | None, *,
+                   dynamic: bool | None = None) -> Any:
     """``torch.compile(module)``, compiled now by one call with ``example`` under weight freezing (which folds
     the weights into prepacked oneDNN int8 kernels; it must be on when compiling) at ``threads`` OpenMP threads
-    (fixed into the generated code; default the current count)."""
-    import torch._inductor.config as inductor_config
-
-    compiled = torch.compile(module)
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads or old_threads)
-    try:
-        with inductor_config.patch(freezing=True), torch.inference_mode():
-            compiled(*example)
-    finally:
-        torch.set_num_threads(old_threads)
+    (fixed into the generated code; default the current count). ``dynamic=False``: every new input shape is
+    a separate static graph (compile each with ``warm_frozen``)."""
+    compiled = torch.compile(module, dynamic=dynamic)
+    warm_frozen(compiled, example, threads)
     return compiled
 
 
-__all__ = ["INDUCTOR_KERNEL_TYPES", "CompiledInt8", "compile_frozen", "compile_pt2e", "to_inductor"]
+def warm_frozen(compiled: Any, example: tuple[torch.Tensor, ...], threads: int | None) -> None:
+    """Compile ``compiled`` (a ``torch.compile`` callable) for ``example``'s shapes now, with weight freezing and
+    ``threads`` kernel threads; Dynamo's per-function recompile limit is raised for the call, so several shapes
+    (and several models of one class) each keep their own frozen graph."""
+    import torch._dynamo.config as dynamo_config
+    import torch._inductor.config as inductor_config
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or old_threads)
+    limit = max(int(dynamo_config.recompile_limit), 64)
+    try:
+        with inductor_config.patch(freezing=True), dynamo_config.patch(
+                recompile_limit=limit, accumulated_recompile_limit=max(int(dynamo_config.accumulated_recompile_limit),
+                                                                       4 * limit)), torch.inference_mode():
+            compiled(*example)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+__all__ = ["INDUCTOR_KERNEL_TYPES", "CompiledInt8", "compile_frozen", "compile_pt2e", "to_inductor", "warm_frozen"]
