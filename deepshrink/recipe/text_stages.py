@@ -96,7 +96,7 @@ class EmbeddingScorer:
         from deepshrink.transformers.inductor import compile_int8
 
         example = self.text.example(32)
-        # one compiled length: shorter ones give bit-identical embeddings and would only add compile time here
+        # one compiled length: shorter ones give the same embeddings (bit for bit where checked) and would add compile time
         return compile_int8(model.eval(), example, threads=torch.get_num_threads(), lengths=[example[0].shape[1]])
 
 

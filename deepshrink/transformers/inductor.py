@@ -1,7 +1,7 @@
 """int8 BERT-family sentence encoders compiled by Inductor (oneDNN int8 Linear kernels).
 
 ``compile_int8(encoder, example)`` quantizes the encoder's Linear layers to per-channel int8 weights and
-compiles it with weight freezing for ``example``'s (batch, sequence) shape, so every quantized Linear runs
+compiles it with weight freezing for ``example``'s batch size and a few sequence lengths, so every quantized Linear runs
 oneDNN's ``qlinear_pointwise`` kernel and LayerNorm, attention and the activation quantization are fused
 C++ loops. Activations are quantized per call, one int8 scale per token (torchao's dynamic
 ``Int8DynamicActivationInt8WeightConfig``, the default), or as uint8 with one range per call or a
@@ -14,8 +14,9 @@ with its stored codes and scales as the int8 weights: nothing is re-quantized or
 
 Each compiled graph has static shapes: ``CompiledEncoder`` sorts the rows by length, cuts them into chunks
 of the compiled batch size and runs each chunk at the shortest compiled sequence length (``lengths``) that
-holds it, so padding costs little; all-padding columns are cut, shorter chunks padded (mask 0). Needs torchao and a C++ compiler (compiling MiniLM took
-18-23 s on a quiet 2-core machine in benchmarks/results/minilm.md). See docs/transformers.md.
+holds it, so padding costs little; all-padding columns are cut, shorter chunks padded (mask 0). Needs
+torchao and a C++ compiler (compiling MiniLM took 16-25 s per length on a quiet 2-core machine,
+benchmarks/results/minilm.md). See docs/transformers.md.
 """
 
 from __future__ import annotations
@@ -66,14 +67,16 @@ class CompiledEncoder(nn.Module):
 
     def __init__(self, compiled: Any, batch_size: int, seq_len: int, pad_id: int, *, quantized: list[str],
                  skipped: list[str], activations: str, smooth: float | None = None,
-                 lengths: Sequence[int] = (), threads: int | None = None) -> None:
+                 lengths: Sequence[int] = (), threads: int | None = None,
+                 device: torch.device | str | None = None) -> None:
         super().__init__()
         object.__setattr__(self, "_compiled", compiled)  # not a submodule: no mode switching, no state_dict
         self.batch_size, self.seq_len, self.pad_id = batch_size, seq_len, pad_id
         self.quantized, self.skipped, self.activations, self.smooth = quantized, skipped, activations, smooth
         self.lengths = tuple(sorted(set(lengths) | {seq_len}))
-        self.threads = threads
+        self.threads = threads or torch.get_num_threads()  # every length's kernels get the first one's count
         self.compiled_lengths: set[int] = {seq_len}
+        self.device = torch.device(device or "cpu")  # the example's: lengths compiled by ``warm()`` run there
 
     def train(self, mode: bool = True) -> CompiledEncoder:
         if mode:
@@ -86,13 +89,13 @@ class CompiledEncoder(nn.Module):
             self._ensure(length)
         return self
 
-    def _ensure(self, length: int) -> None:
+    def _ensure(self, length: int, device: torch.device | None = None) -> None:
         if length in self.compiled_lengths:
             return
         from deepshrink.quantize.backends.inductor import warm_frozen
 
         with torch.inference_mode(False):  # normal tensors, as ``forward`` passes (see there)
-            ids = torch.full((self.batch_size, length), self.pad_id, dtype=torch.int64)
+            ids = torch.full((self.batch_size, length), self.pad_id, dtype=torch.int64, device=device or self.device)
             mask = torch.ones_like(ids)
         warm_frozen(self._compiled, (ids, mask), self.threads)
         self.compiled_lengths.add(length)
@@ -113,9 +116,10 @@ class CompiledEncoder(nn.Module):
             order = torch.argsort(extent, descending=True, stable=True) if len(self.lengths) > 1 else None
             if order is not None:
                 ids, mask, extent = ids[order], mask[order], extent[order]
+            longest = extent.tolist()  # one host copy, not one per chunk
             for start in range(0, n, b):
                 i, m = ids[start:start + b], mask[start:start + b]
-                need = max(int(extent[start:start + b].max()), 1) if order is not None else length
+                need = max(max(longest[start:start + b]), 1) if order is not None else length
                 target = next(x for x in self.lengths if x >= need)
                 if target < i.shape[1]:
                     i, m = i[:, :target], m[:, :target]
@@ -127,8 +131,8 @@ class CompiledEncoder(nn.Module):
                     i = torch.cat([i, i[:1].expand(b - k, -1)])
                     m = torch.cat([m, m[:1].expand(b - k, -1)])
                 chunks.append((i.clone(), m.clone(), k, target))
-        for *_, target in chunks:
-            self._ensure(target)
+        for i, _, _, target in chunks:
+            self._ensure(target, i.device)
         with torch.inference_mode():
             outs = [self._compiled(i, m)[:k] for i, m, k, _ in chunks]
         out = outs[0] if len(outs) == 1 else torch.cat(outs)
@@ -144,7 +148,8 @@ def compile_int8(encoder: nn.Module, example: tuple[torch.Tensor, torch.Tensor],
                  activations: str = "per-token", calibration: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
                  smooth: float | None = None, reduce_range: bool = False, weight_bits: int | None = None,
                  threads: int | None = None, lengths: Sequence[int] | None = None) -> CompiledEncoder:
-    """int8 copy of ``encoder`` compiled for ``example``'s shape (``(input_ids, attention_mask)``, e.g.
+    """int8 copy of ``encoder`` compiled for ``example``'s batch size and lengths up to its sequence length
+    (``(input_ids, attention_mask)``, e.g.
     ``tokenize(tok, sentences, pad_to=128)``); the encoder itself is not modified.
 
     A float encoder is quantized here. ``skip``: regexes of Linear names kept fp32 (e.g. ``[FFN_OUT]``).
@@ -159,8 +164,8 @@ def compile_int8(encoder: nn.Module, example: tuple[torch.Tensor, torch.Tensor],
     alpha (e.g. 0.5) for the per-token scheme, per-channel activation maxima measured on ``calibration``
     (any padding; use training text, not the evaluation text). ``threads``: the kernels' thread count,
     fixed at compile time. ``lengths``: the sequence lengths the per-token scheme runs at (None: powers of two
-    from 16 below the example's length, and that length; ``[n]``: one static shape, as the uint8 schemes,
-    whose exported graph has the example's shape): each batch runs at the shortest one that holds its longest
+    from 16 below the example's length, and that length, which is always included; ``[example length]``: one
+    static shape, as the uint8 schemes, whose exported graph has the example's shape): each batch runs at the shortest one that holds its longest
     sentence, compiled when first needed (``CompiledEncoder.warm()`` compiles them all).
 
     An encoder that already holds ``Int8Linear`` layers (``quantize_int8``, or ``deepshrink.load`` of its
@@ -188,7 +193,8 @@ def compile_int8(encoder: nn.Module, example: tuple[torch.Tensor, torch.Tensor],
         check_finite(encoder)
         compiled = compile_int8_linears(float_copy(encoder), (ids, mask), threads)
         return CompiledEncoder(compiled, ids.shape[0], ids.shape[1], pad_id, quantized=held, skipped=skipped,
-                               activations=activations, smooth=None, lengths=lengths, threads=threads)
+                               activations=activations, smooth=None, lengths=lengths, threads=threads,
+                               device=ids.device)
     if not dynamic and not batches:
         raise DataError("static int8 needs calibration batches")
     if smooth is not None and activations != "per-token":
@@ -210,7 +216,7 @@ def compile_int8(encoder: nn.Module, example: tuple[torch.Tensor, torch.Tensor],
                                 reduce_range=reduce_range, weight_bits=weight_bits, skip=skipped, threads=threads)
     return CompiledEncoder(compiled, ids.shape[0], ids.shape[1], pad_id, quantized=quantized,
                            skipped=skipped, activations=activations, smooth=smooth, lengths=lengths,
-                           threads=threads)
+                           threads=threads, device=ids.device)
 
 
 def _check_lengths(lengths: Sequence[int] | None, seq_len: int, activations: str) -> tuple[int, ...]:

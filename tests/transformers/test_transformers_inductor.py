@@ -133,7 +133,8 @@ def test_bad_options_are_clear_errors(tiny, tokenizer, sentences) -> None:
 def test_a_length_first_needed_inside_inference_mode_is_compiled_frozen_once(tokenizer, sentences) -> None:
     from torch._dynamo.utils import counters
 
-    int8 = compile_int8(tiny_encoder(3), tokenize(tokenizer, sentences[:4], pad_to=16), lengths=[12])
+    model = tiny_encoder(3)
+    int8 = compile_int8(model, tokenize(tokenizer, sentences[:4], pad_to=16), lengths=[12])
     assert int8.lengths == (12, 16) and int8.compiled_lengths == {16}
     short = tokenize(tokenizer, ["Tuples are immutable.", "Lists are mutable sequences."], pad_to=16)
     assert int(short[1].sum(1).max()) <= 12
@@ -147,6 +148,13 @@ def test_a_length_first_needed_inside_inference_mode_is_compiled_frozen_once(tok
     # one new graph, the frozen one, serves every call (a second would be a recompile without the freezing)
     assert counters["stats"]["unique_graphs"] == graphs + 1
     assert torch.equal(first, again)
+    # another model of the same class and shapes gets its own frozen graphs, not this one's
+    other_model = tiny_encoder(4)
+    other = compile_int8(other_model, tokenize(tokenizer, sentences[:4], pad_to=16), lengths=[12])
+    theirs = other(*short)
+    with torch.no_grad():
+        assert _cos(first, model(*short)) > 0.98 and _cos(theirs, other_model(*short)) > 0.98
+    assert _cos(first, theirs) < 0.9
 
 
 def test_padding_extent_and_trim_keep_every_real_token() -> None:
@@ -169,9 +177,10 @@ def test_short_batches_run_at_a_shorter_compiled_length_with_identical_output(co
     fixed = compile_int8(model, tokenize(tokenizer, (sentences * 2)[:8], pad_to=24), skip=[FFN_OUT], lengths=[24])
     assert fixed.lengths == (24,) and int8.lengths == (16, 24)
     long = "An exception raised inside a finally clause replaces the exception that was being handled before."
-    text = [sentences[0], long, *sentences[1:], long, *sentences] * 2  # 26 rows, two lengths mixed
+    text = [sentences[0], long, *sentences[1:], long, *sentences] * 2  # 28 rows, two lengths mixed
     ids, mask = tokenize(tokenizer, text, pad_to=24)
     assert int(mask.sum(1).max()) > 16 >= int(mask.sum(1).min())
+    int8.warm()  # both lengths compiled before the spy, so it sees only the call's chunks
     shapes: list[tuple[int, ...]] = []
     inner = int8._compiled
     object.__setattr__(int8, "_compiled", lambda i, m: shapes.append(tuple(i.shape)) or inner(i, m))
@@ -179,7 +188,7 @@ def test_short_batches_run_at_a_shorter_compiled_length_with_identical_output(co
         got = int8(ids, mask)
     finally:
         object.__setattr__(int8, "_compiled", inner)
-    # rows sorted by length: the 4 long ones fill one chunk at 24 tokens, the 22 short ones run at 16
+    # rows sorted by length: the 4 long ones and 4 short ones fill one chunk at 24 tokens, 20 short ones run at 16
     assert sorted(shapes) == [(8, 16), (8, 16), (8, 16), (8, 24)]
     assert torch.equal(got, fixed(ids, mask))  # same rows, same order, bit for bit
 

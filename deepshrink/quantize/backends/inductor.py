@@ -152,8 +152,9 @@ def compile_frozen(module: nn.Module, example: tuple[torch.Tensor, ...], threads
 
 def warm_frozen(compiled: Any, example: tuple[torch.Tensor, ...], threads: int | None) -> None:
     """Compile ``compiled`` (a ``torch.compile`` callable) for ``example``'s shapes now, with weight freezing and
-    ``threads`` kernel threads; Dynamo's per-function recompile limit is raised for the call, so several shapes
-    (and several models of one class) each keep their own frozen graph."""
+    ``threads`` kernel threads; Dynamo's per-function recompile limit is raised to at least 64 for the call, so
+    several shapes (and several models of one class: with freezing, Dynamo guards on each model's parameters)
+    each keep their own frozen graph."""
     import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
 
@@ -161,9 +162,8 @@ def warm_frozen(compiled: Any, example: tuple[torch.Tensor, ...], threads: int |
     torch.set_num_threads(threads or old_threads)
     limit = max(int(dynamo_config.recompile_limit), 64)
     try:
-        with inductor_config.patch(freezing=True), dynamo_config.patch(
-                recompile_limit=limit, accumulated_recompile_limit=max(int(dynamo_config.accumulated_recompile_limit),
-                                                                       4 * limit)), torch.inference_mode():
+        with inductor_config.patch(freezing=True), dynamo_config.patch(recompile_limit=limit), \
+                torch.inference_mode():
             compiled(*example)
     finally:
         torch.set_num_threads(old_threads)
