@@ -96,8 +96,10 @@ class EmbeddingScorer:
         from deepshrink.transformers.inductor import compile_int8
 
         example = self.text.example(32)
-        # one compiled length: shorter ones give the same embeddings (bit for bit where checked) and would add compile time
-        return compile_int8(model.eval(), example, threads=torch.get_num_threads(), lengths=[example[0].shape[1]])
+        # one compiled length: shorter ones give the same embeddings (bit for bit where checked) and would only
+        # add compile time
+        return compile_int8(model.eval(), example, threads=torch.get_num_threads(),
+                            lengths=[example[0].shape[1]])
 
 
 def _scores(s: Any) -> dict[str, float]:

@@ -1,8 +1,8 @@
 """int8 BERT-family sentence encoders compiled by Inductor (oneDNN int8 Linear kernels).
 
 ``compile_int8(encoder, example)`` quantizes the encoder's Linear layers to per-channel int8 weights and
-compiles it with weight freezing for ``example``'s batch size and a few sequence lengths, so every quantized Linear runs
-oneDNN's ``qlinear_pointwise`` kernel and LayerNorm, attention and the activation quantization are fused
+compiles it with weight freezing for ``example``'s batch size and a few sequence lengths, so every quantized
+Linear runs oneDNN's ``qlinear_pointwise`` kernel and LayerNorm, attention and the activation quantization are fused
 C++ loops. Activations are quantized per call, one int8 scale per token (torchao's dynamic
 ``Int8DynamicActivationInt8WeightConfig``, the default), or as uint8 with one range per call or a
 calibrated range (torch.export + torchao's X86InductorQuantizer, ``deepshrink.quantize.backends.inductor``).
@@ -95,7 +95,8 @@ class CompiledEncoder(nn.Module):
         from deepshrink.quantize.backends.inductor import warm_frozen
 
         with torch.inference_mode(False):  # normal tensors, as ``forward`` passes (see there)
-            ids = torch.full((self.batch_size, length), self.pad_id, dtype=torch.int64, device=device or self.device)
+            ids = torch.full((self.batch_size, length), self.pad_id, dtype=torch.int64,
+                             device=device or self.device)
             mask = torch.ones_like(ids)
         warm_frozen(self._compiled, (ids, mask), self.threads)
         self.compiled_lengths.add(length)
@@ -119,7 +120,7 @@ class CompiledEncoder(nn.Module):
             longest = extent.tolist()  # one host copy, not one per chunk
             for start in range(0, n, b):
                 i, m = ids[start:start + b], mask[start:start + b]
-                need = max(max(longest[start:start + b]), 1) if order is not None else length
+                need = max(max(longest[start:start + b]), 1)  # one compiled length: always chosen
                 target = next(x for x in self.lengths if x >= need)
                 if target < i.shape[1]:
                     i, m = i[:, :target], m[:, :target]
@@ -165,8 +166,9 @@ def compile_int8(encoder: nn.Module, example: tuple[torch.Tensor, torch.Tensor],
     (any padding; use training text, not the evaluation text). ``threads``: the kernels' thread count,
     fixed at compile time. ``lengths``: the sequence lengths the per-token scheme runs at (None: powers of two
     from 16 below the example's length, and that length, which is always included; ``[example length]``: one
-    static shape, as the uint8 schemes, whose exported graph has the example's shape): each batch runs at the shortest one that holds its longest
-    sentence, compiled when first needed (``CompiledEncoder.warm()`` compiles them all).
+    static shape, as the uint8 schemes, whose exported graph has the example's shape): each batch runs at the
+    shortest one that holds its longest sentence, compiled when first needed (``CompiledEncoder.warm()``
+    compiles them all).
 
     An encoder that already holds ``Int8Linear`` layers (``quantize_int8``, or ``deepshrink.load`` of its
     artifact) is compiled with exactly its codes and scales (per-token activations); its float Linears stay
