@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from deepshrink.core.devices import module_device
 from deepshrink.core.errors import ConfigError, ModelError
 from deepshrink.distill.config import DistillConfig, FeatureLink
 from deepshrink.distill.losses import attention_transfer_loss, feature_loss, kd_loss
@@ -243,12 +244,14 @@ def distill(student: nn.Module, teacher: nn.Module, train_data: Dataset | DataLo
 
     Checkpoints (student incl. masks/quantizer state, adapters, optimizer, scheduler, RNG, epoch) go to
     ``checkpoint`` atomically each epoch; running the same call again resumes from it. Works under
-    ``torchrun`` like the plain trainer. Shapes and layer names are checked before the first step.
+    ``torchrun`` like the plain trainer. Shapes and layer names are checked before the first step. Both models
+    run on ``device`` (default: CUDA when there is one) and are returned to the devices they were on.
     """
     if not isinstance(config, DistillConfig):
         raise ConfigError(f"distill: config must be a DistillConfig, got {type(config).__name__}")
     distiller = Distiller(student, teacher, config)  # checks the models and layer names
     teacher_mode = teacher.training
+    homes = module_device(student), module_device(teacher)  # trained on ``device``, returned where they were
     try:
         trainer = Trainer(distiller, config.train, loss_fn=distiller.loss, device=device, checkpoint=checkpoint,
                           progress=progress, description="distill")
@@ -258,6 +261,8 @@ def distill(student: nn.Module, teacher: nn.Module, train_data: Dataset | DataLo
     finally:
         distiller.close()
         teacher.train(teacher_mode)
+        student.to(homes[0])
+        teacher.to(homes[1])
 
 
 __all__ = ["Distiller", "FeatureLink", "distill", "find_module", "logits_of", "make_adapter"]

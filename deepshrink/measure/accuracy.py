@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from deepshrink.core.devices import module_device
 from deepshrink.core.errors import ConfigError, DataError, ModelError
 from deepshrink.measure._runtime import eval_mode, first_line
 
@@ -36,12 +37,6 @@ def _batches(data: Any, batch_size: int) -> Iterable[Any]:
     if isinstance(data, Iterable):
         return data
     raise DataError(f"cannot evaluate on {type(data).__name__}: need a Dataset, a DataLoader or (x, y)")
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
 
 
 def _score_batch(model: nn.Module, batch: Any, device: torch.device) -> tuple[float, int, int]:
@@ -81,7 +76,7 @@ def evaluate(
         raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    home = _model_device(model)
+    home = module_device(model)
     target = torch.device(device) if device is not None else home
     correct, total, loss_sum = 0, 0, 0.0
     if target != home:

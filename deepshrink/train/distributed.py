@@ -9,6 +9,7 @@ single-process, unchanged.
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 from dataclasses import dataclass
 
@@ -76,6 +77,11 @@ def setup(device: torch.device) -> DistContext | None:
     local = _env_int("LOCAL_RANK", rank) or 0
     backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl":
+        gpus = torch.cuda.device_count()
+        if local >= gpus:
+            raise ConfigError(f"distributed: LOCAL_RANK={local} needs a CUDA device of its own, but this node has "
+                              f"{gpus}; launch at most {gpus} process(es) per node (torchrun "
+                              f"--nproc_per_node={max(1, gpus)}) or train on the CPU with gloo (device='cpu')")
         torch.cuda.set_device(local)
     dist.init_process_group(backend=backend, rank=rank, world_size=world)
     atexit.register(_teardown)
@@ -84,6 +90,9 @@ def setup(device: torch.device) -> DistContext | None:
 
 def _teardown() -> None:
     if dist.is_available() and dist.is_initialized():
+        # A DistributedDataParallel wrapper left in a reference cycle (as after training raised) is otherwise
+        # freed only after the group is gone, and its reducer then aborts the process (seen with gloo).
+        gc.collect()
         dist.destroy_process_group()
 
 

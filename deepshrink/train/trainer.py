@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
+from deepshrink.core.devices import module_device
 from deepshrink.core.errors import ConfigError, DeepShrinkError
 from deepshrink.core.fileio import atomic_writer
 from deepshrink.core.guards import check_gradients, check_weights
@@ -134,6 +135,15 @@ class Trainer:
         return nn.functional.cross_entropy(model(x), y, label_smoothing=self.cfg.label_smoothing)
 
     def fit(self, data: Dataset | DataLoader) -> TrainResult:
+        """Train on ``self.device``; the model is returned to the device it was on (later stages, such as CPU
+        int8 kernels, export and measurement, run it where the caller keeps it)."""
+        home = module_device(self.model)
+        try:
+            return self._fit(data)
+        finally:
+            self.model.to(home)
+
+    def _fit(self, data: Dataset | DataLoader) -> TrainResult:
         cfg = self.cfg
         ctx = distributed.setup(self.device)
         seed_everything(cfg.seed + (ctx.rank if ctx else 0))  # rank 0 seeds as a single process does

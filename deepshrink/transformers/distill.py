@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from deepshrink.core.devices import module_device
 from deepshrink.core.errors import ConfigError, ModelError
 from deepshrink.core.progress import track
 
@@ -77,10 +78,11 @@ def distill(student: nn.Module, teacher: nn.Module, tokenizer: object, sentences
     """Train ``student`` (in place) towards ``teacher`` on ``sentences``; returns the loss per step.
 
     ``layer_map[i]`` is the teacher layer matched by student layer ``i`` (default: the teacher's last
-    layers, evenly spaced). The teacher is frozen; both run on ``default_device()``.
+    layers, evenly spaced). The teacher is frozen; both run on ``default_device()``, and the student is returned
+    to the device it was on.
     """
     from deepshrink.train.trainer import default_device
-    from deepshrink.transformers.model import bert_layers, mean_pool, tokenize
+    from deepshrink.transformers.model import bert_layers
 
     cfg = config or DistillConfig()
     if len(sentences) < 2:
@@ -99,7 +101,17 @@ def distill(student: nn.Module, teacher: nn.Module, tokenizer: object, sentences
             if hs != ht:
                 raise ModelError(f"attention distillation needs equal head counts: student layer {i} has {hs}, "
                                  f"teacher layer {j} {ht}")
-    device = default_device()
+    home = module_device(student)
+    try:
+        return _distill_steps(student, teacher, tokenizer, sentences, layer_map, cfg, default_device())
+    finally:
+        student.to(home)
+
+
+def _distill_steps(student: nn.Module, teacher: nn.Module, tokenizer: object, sentences: list[str],
+                   layer_map: list[int], cfg: DistillConfig, device: torch.device) -> list[float]:
+    from deepshrink.transformers.model import mean_pool, tokenize
+
     teacher = copy.deepcopy(teacher).to(device).eval()
     student.to(device).train()
     for module in student.modules():  # no dropout: recovery, not regularisation

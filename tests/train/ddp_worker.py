@@ -75,7 +75,7 @@ def _diverge_on_rank_one(rank: int) -> str:
         return loss * float("nan") if rank == 1 and calls[0] == 4 else loss
 
     try:
-        Trainer(model(seed=40), MINI_BATCH, loss_fn=loss_fn, progress=False).fit(blobs(256, seed=1))
+        Trainer(model(seed=40), MINI_BATCH, loss_fn=loss_fn, device="cpu", progress=False).fit(blobs(256, seed=1))
     except DeepShrinkError as exc:
         return f"{calls[0]}: {exc}"
     return "no error"
@@ -85,11 +85,12 @@ def main(out: Path) -> None:
     rank = int(os.environ["RANK"])
     # each rank starts from a different init: DDP must broadcast rank 0's weights
     full = model(seed=rank)
-    res_full = Trainer(full, FULL_BATCH, checkpoint=out / "full.pt", progress=False).fit(blobs(64))
+    res_full = Trainer(full, FULL_BATCH, checkpoint=out / "full.pt", device="cpu", progress=False).fit(blobs(64))
     mini = model(seed=10 + rank)
-    res_mini = Trainer(mini, MINI_BATCH, progress=False).fit(blobs(256, seed=1))
+    res_mini = Trainer(mini, MINI_BATCH, device="cpu", progress=False).fit(blobs(256, seed=1))
     teacher, student = model(seed=20, hidden=16), model(seed=30 + rank)
-    distill(student, teacher, blobs(128, seed=2), DISTILL, checkpoint=out / "distill.pt", progress=False)
+    distill(student, teacher, blobs(128, seed=2), DISTILL, checkpoint=out / "distill.pt", device="cpu",
+            progress=False)
     diverged = _diverge_on_rank_one(rank)
     torch.save({
         "full": full.state_dict(), "mini": mini.state_dict(), "student": student.state_dict(),
