@@ -78,7 +78,8 @@ def _topk_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
 
 
 def _masked_scores(name: str, module: nn.Module, imp: Importance) -> torch.Tensor:
-    s = imp.scores(name, module).float().clone()
+    # scores gathered during training (Taylor) live on the training device; the layer may be back on the CPU
+    s = imp.scores(name, module).float().to(module.weight.device).clone()
     if s.shape != module.weight.shape:
         raise ConfigError(f"importance {imp.name!r} returned shape {tuple(s.shape)} for layer {name!r}, "
                           f"expected {tuple(module.weight.shape)}")

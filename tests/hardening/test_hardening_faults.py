@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,7 +39,8 @@ def _fork(body: Callable[[], None]) -> int:
         try:
             torch.set_num_threads(1)
             body()
-        except BaseException:  # noqa: BLE001 - the exit code is the report
+        except BaseException:  # noqa: BLE001 - the exit code is the report, the traceback says why
+            traceback.print_exc()
             code = 1
         finally:
             os._exit(code)

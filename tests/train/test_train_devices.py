@@ -10,7 +10,8 @@ from torch.utils.data import TensorDataset
 
 from deepshrink.core.errors import ConfigError, DeepShrinkError
 from deepshrink.distill import DistillConfig, FeatureLink, distill
-from deepshrink.prune import get_mask, unstructured
+from deepshrink.prune import get_mask
+from deepshrink.prune.unstructured import prune_layer
 from deepshrink.train import TrainConfig, Trainer, distributed
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -44,7 +45,7 @@ def test_more_ranks_on_a_node_than_gpus_is_a_clear_error(monkeypatch) -> None:
 @needs_cuda
 def test_training_on_cuda_hands_the_model_back_on_the_cpu_with_masks_kept() -> None:
     model = _model()
-    unstructured.prune_layer(model[0], keep=0.5)
+    prune_layer(model[0], keep=0.5)
     before = [p.detach().clone() for p in model.parameters()]
     trainer = Trainer(model, TrainConfig(epochs=2, lr=0.05), progress=False)
     assert trainer.device.type == "cuda"
