@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 import deepshrink.core.fileio as fileio
+import training_child  # beside this file: the kill tests' training children
 from deepshrink.artifact import load, save
 from deepshrink.codec import container
 from deepshrink.core.errors import ArtifactError
@@ -97,15 +98,7 @@ def test_sigkill_during_save_never_damages_the_previous_artifact(tmp_path):
     assert interrupted >= 1, "no kill landed inside a write"
 
 
-def _tiny_data(n: int = 64) -> torch.utils.data.TensorDataset:
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(n, 10, generator=g), torch.randint(0, 3, (n,), generator=g)
-    return torch.utils.data.TensorDataset(x, y)
-
-
-def _tiny_model(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return create("mlp", in_features=10, hidden=[64, 64], num_classes=3)
+_tiny_data, _tiny_model = training_child.tiny_data, training_child.tiny_model
 
 
 def test_sigkill_during_checkpointing_never_damages_the_previous_checkpoint(tmp_path):
@@ -118,12 +111,9 @@ def test_sigkill_during_checkpointing_never_damages_the_previous_checkpoint(tmp_
     for kill in range(15):
         long = cfg.replace(epochs=last + 10_000)
 
-        def body(long: TrainConfig = long) -> None:
-            Trainer(_tiny_model(), long, checkpoint=ckpt, device="cpu", progress=False).fit(data)
-
-        pid = _fork(body)
+        child = training_child.start(long, ckpt, len(data))
         time.sleep(rng.uniform(0.02, 0.2))
-        _kill(pid)
+        training_child.kill(child)
         leftovers = _temps(tmp_path)
         interrupted += bool(leftovers)
         for p in leftovers:
@@ -148,16 +138,12 @@ def test_resume_after_sigkill_mid_training_reaches_the_same_weights(tmp_path):
     ckpt = tmp_path / "ckpt.pt"
     rng = random.Random(2)
 
-    def body() -> None:
-        Trainer(_tiny_model(), cfg, checkpoint=ckpt, device="cpu", progress=False).fit(data)
-
-    pid = _fork(body)
+    child = training_child.start(cfg, ckpt, len(data))
     deadline = time.monotonic() + 60
     while not ckpt.exists() and time.monotonic() < deadline:
         time.sleep(0.001)
     time.sleep(rng.uniform(0.0, 0.05))  # somewhere inside a later epoch
-    status = _kill(pid)
-    assert os.WIFSIGNALED(status), "training finished before it could be killed"
+    assert training_child.kill(child) == -signal.SIGKILL, "training finished before it could be killed"
     killed_at = int(torch.load(ckpt, weights_only=True)["epoch"])
     assert 1 <= killed_at < cfg.epochs
     resumed = _tiny_model(seed=9)  # different init: all state must come from the checkpoint

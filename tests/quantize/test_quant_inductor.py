@@ -93,3 +93,19 @@ def test_empty_calibration_and_nan_weights_are_refused() -> None:
         bad.fc1.weight[0, 0] = float("nan")
     with pytest.raises(ModelError, match="fc1.weight.*NaN"):
         to_int8(bad, torch.randn(4, 1, 26, 26), backend="inductor")
+
+
+def test_a_compile_that_lowers_no_integer_kernel_is_refused() -> None:
+    """Inductor turned every int8 layer into fp32 math on one torch/torchao pair without an error: the compile
+    must fail loudly instead of passing a float model off as int8."""
+    from deepshrink.quantize.backends.inductor import check_int8_code, warm_frozen
+
+    torch.manual_seed(0)
+    float_only = torch.compile(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval())
+    with pytest.raises(ModelError, match=r"lowered no int8 kernel \(torch .*, torchao .*\): .* fp32 math"):
+        warm_frozen(float_only, (torch.randn(4, 8),), 1)
+    check_int8_code([])  # nothing compiled in this call (already cached in memory): nothing to judge
+    check_int8_code(["buf2 = torch.ops.onednn.qlinear_pointwise.tensor(buf1, x_scale, x_zp, w, ...)"])
+    check_int8_code(["extern_kernels._int_mm(buf6, _frozen_param61, out=buf7)"])
+    with pytest.raises(ModelError, match="no int8 kernel"):
+        check_int8_code(["buf4 = torch.ops.mkl._mkl_linear.default(buf3, _frozen_param7, _frozen_param6, None, 4)"])

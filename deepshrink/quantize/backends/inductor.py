@@ -12,6 +12,7 @@ C++ once, at conversion: about 10 s for LeNet-5).
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 import warnings
 from collections.abc import Sequence
@@ -158,15 +159,51 @@ def warm_frozen(compiled: Any, example: tuple[torch.Tensor, ...], threads: int |
     import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
 
+    from torch._inductor.graph import GraphLowering
+
+    codes: list[str] = []
+    previous = GraphLowering.save_output_code  # a caller's own capture (tests) keeps working
+
+    def save(code: str) -> None:
+        codes.append(code)
+        if previous is not None:
+            previous(code)
+
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads or old_threads)
     limit = max(int(dynamo_config.recompile_limit), 64)
+    GraphLowering.save_output_code = save  # Inductor's hook for its output code, fresh or from its cache
     try:
         with inductor_config.patch(freezing=True), dynamo_config.patch(recompile_limit=limit), \
                 torch.inference_mode():
             compiled(*example)
     finally:
+        GraphLowering.save_output_code = previous
         torch.set_num_threads(old_threads)
+    check_int8_code(codes)
 
 
-__all__ = ["INDUCTOR_KERNEL_TYPES", "CompiledInt8", "compile_frozen", "compile_pt2e", "to_inductor", "warm_frozen"]
+# integer GEMMs in Inductor's generated code: oneDNN's int8 linear / convolution, aten's int8 x int8 -> int32 mm
+INT8_KERNEL = re.compile(r"onednn\.q(?:linear|conv)\w*|\b_int_mm\b|_weight_int8pack_mm")
+
+
+def check_int8_code(codes: Sequence[str]) -> None:
+    """ModelError when Inductor generated code (``codes``: its output modules) without a single integer kernel.
+
+    Lowering int8 is pattern matching inside Inductor; when it fails (seen with torch 2.11 and torchao 0.18, a
+    pair not built together) the compile succeeds and every layer silently runs fp32 math. No code captured
+    (the graph was already compiled in this process) is not checked."""
+    if codes and not any(INT8_KERNEL.search(code) for code in codes):
+        import importlib.metadata as md
+
+        try:
+            ao = md.version("torchao")
+        except md.PackageNotFoundError:
+            ao = "not installed"
+        raise ModelError(f"Inductor lowered no int8 kernel (torch {torch.__version__}, torchao {ao}): the "
+                         "compiled model would run fp32 math; install the torchao release built for this torch "
+                         "(torchao 0.18 for torch 2.13) or use backend='onnxruntime'")
+
+
+__all__ = ["INDUCTOR_KERNEL_TYPES", "INT8_KERNEL", "CompiledInt8", "check_int8_code", "compile_frozen", "compile_pt2e",
+           "to_inductor", "warm_frozen"]
