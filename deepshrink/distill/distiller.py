@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from deepshrink.core.devices import module_device
+from deepshrink.core.devices import module_device, restore_device
 from deepshrink.core.errors import ConfigError, ModelError
 from deepshrink.distill.config import DistillConfig, FeatureLink
 from deepshrink.distill.losses import attention_transfer_loss, feature_loss, kd_loss
@@ -261,8 +261,8 @@ def distill(student: nn.Module, teacher: nn.Module, train_data: Dataset | DataLo
     finally:
         distiller.close()
         teacher.train(teacher_mode)
-        student.to(homes[0])
-        teacher.to(homes[1])
+        restore_device(student, homes[0])
+        restore_device(teacher, homes[1])
 
 
 __all__ = ["Distiller", "FeatureLink", "distill", "find_module", "logits_of", "make_adapter"]

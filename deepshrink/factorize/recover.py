@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from deepshrink.core.devices import module_device, restore_device
 from deepshrink.core.errors import ConfigError
 from deepshrink.train import TrainConfig, Trainer
 from deepshrink.train.trainer import LossFn, TrainResult
@@ -48,14 +49,18 @@ def kd_loss(teacher: nn.Module, *, temperature: float = 4.0, alpha: float = 0.7)
 def recover(model: nn.Module, train: Dataset, config: TrainConfig, *, teacher: nn.Module | None = None,
             temperature: float = 4.0, alpha: float = 0.7, device: str | torch.device | None = None,
             progress: bool | None = None) -> TrainResult:
-    """Fine-tune a factorized ``model`` (with logit distillation from ``teacher`` when given)."""
+    """Fine-tune a factorized ``model`` (with logit distillation from ``teacher`` when given); both run on
+    ``device`` and are handed back on the devices they were on."""
     loss_fn = kd_loss(teacher, temperature=temperature, alpha=alpha) if teacher is not None else None
-    if teacher is not None and device is not None:
-        teacher.to(device)
     trainer = Trainer(model, config, loss_fn=loss_fn, device=device, progress=progress, description="recover")
-    if teacher is not None:
+    if teacher is None:
+        return trainer.fit(train)
+    home = module_device(teacher)  # the teacher runs beside the student and goes back where it was, as the student
+    try:
         teacher.to(trainer.device)
-    return trainer.fit(train)
+        return trainer.fit(train)
+    finally:
+        restore_device(teacher, home)
 
 
 def recover_features(model: nn.Module, teacher: nn.Module, train: Dataset, config: TrainConfig,

@@ -78,10 +78,13 @@ def setup(device: torch.device) -> DistContext | None:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl":
         gpus = torch.cuda.device_count()
+        if gpus == 0:
+            raise ConfigError("distributed: device 'cuda' but no CUDA device is visible; train on the CPU with "
+                              "gloo (device='cpu')")
         if local >= gpus:
-            raise ConfigError(f"distributed: LOCAL_RANK={local} needs a CUDA device of its own, but this node has "
+            raise ConfigError(f"distributed: local rank {local} needs a CUDA device of its own, but this node has "
                               f"{gpus}; launch at most {gpus} process(es) per node (torchrun "
-                              f"--nproc_per_node={max(1, gpus)}) or train on the CPU with gloo (device='cpu')")
+                              f"--nproc_per_node={gpus}) or train on the CPU with gloo (device='cpu')")
         torch.cuda.set_device(local)
     dist.init_process_group(backend=backend, rank=rank, world_size=world)
     atexit.register(_teardown)

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from deepshrink.core.devices import module_device
+from deepshrink.core.devices import module_device, restore_device
 from deepshrink.core.errors import ConfigError, DeepShrinkError
 from deepshrink.core.fileio import atomic_writer
 from deepshrink.core.guards import check_gradients, check_weights
@@ -141,7 +141,7 @@ class Trainer:
         try:
             return self._fit(data)
         finally:
-            self.model.to(home)
+            restore_device(self.model, home)
 
     def _fit(self, data: Dataset | DataLoader) -> TrainResult:
         cfg = self.cfg

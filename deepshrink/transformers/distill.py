@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from deepshrink.core.devices import module_device
+from deepshrink.core.devices import module_device, restore_device
 from deepshrink.core.errors import ConfigError, ModelError
 from deepshrink.core.progress import track
 
@@ -105,7 +105,7 @@ def distill(student: nn.Module, teacher: nn.Module, tokenizer: object, sentences
     try:
         return _distill_steps(student, teacher, tokenizer, sentences, layer_map, cfg, default_device())
     finally:
-        student.to(home)
+        restore_device(student, home)
 
 
 def _distill_steps(student: nn.Module, teacher: nn.Module, tokenizer: object, sentences: list[str],

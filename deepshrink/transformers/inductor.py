@@ -76,6 +76,7 @@ class CompiledEncoder(nn.Module):
         self.lengths = tuple(sorted(set(lengths) | {seq_len}))
         self.threads = threads or torch.get_num_threads()  # every length's kernels get the first one's count
         self.compiled_lengths: set[int] = {seq_len}
+        self._refused: dict[int, str] = {}  # length -> why its compile was refused (Dynamo keeps the graph)
         self.device = torch.device(device or "cpu")  # the example's: lengths compiled by ``warm()`` run there
 
     def train(self, mode: bool = True) -> CompiledEncoder:
@@ -92,13 +93,19 @@ class CompiledEncoder(nn.Module):
     def _ensure(self, length: int, device: torch.device | None = None) -> None:
         if length in self.compiled_lengths:
             return
+        if length in self._refused:  # a second call would hit Dynamo's cached graph and capture no code to check
+            raise ModelError(self._refused[length])
         from deepshrink.quantize.backends.inductor import warm_frozen
 
         with torch.inference_mode(False):  # normal tensors, as ``forward`` passes (see there)
             ids = torch.full((self.batch_size, length), self.pad_id, dtype=torch.int64,
                              device=device or self.device)
             mask = torch.ones_like(ids)
-        warm_frozen(self._compiled, (ids, mask), self.threads)
+        try:
+            warm_frozen(self._compiled, (ids, mask), self.threads)
+        except ModelError as exc:
+            self._refused[length] = str(exc)
+            raise
         self.compiled_lengths.add(length)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

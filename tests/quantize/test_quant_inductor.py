@@ -95,17 +95,42 @@ def test_empty_calibration_and_nan_weights_are_refused() -> None:
         to_int8(bad, torch.randn(4, 1, 26, 26), backend="inductor")
 
 
+
+@pytest.mark.slow
 def test_a_compile_that_lowers_no_integer_kernel_is_refused() -> None:
     """Inductor turned every int8 layer into fp32 math on one torch/torchao pair without an error: the compile
     must fail loudly instead of passing a float model off as int8."""
-    from deepshrink.quantize.backends.inductor import check_int8_code, warm_frozen
+    from deepshrink.quantize.backends.inductor import warm_frozen
 
     torch.manual_seed(0)
     float_only = torch.compile(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval())
     with pytest.raises(ModelError, match=r"lowered no int8 kernel \(torch .*, torchao .*\): .* fp32 math"):
         warm_frozen(float_only, (torch.randn(4, 8),), 1)
-    check_int8_code([])  # nothing compiled in this call (already cached in memory): nothing to judge
-    check_int8_code(["buf2 = torch.ops.onednn.qlinear_pointwise.tensor(buf1, x_scale, x_zp, w, ...)"])
-    check_int8_code(["extern_kernels._int_mm(buf6, _frozen_param61, out=buf7)"])
-    with pytest.raises(ModelError, match="no int8 kernel"):
-        check_int8_code(["buf4 = torch.ops.mkl._mkl_linear.default(buf3, _frozen_param7, _frozen_param6, None, 4)"])
+
+
+@pytest.mark.parametrize("line", [
+    "buf2 = torch.ops.onednn.qlinear_pointwise.tensor(buf1, x_scale, x_zp, w, ...)",
+    "buf1 = torch.ops.onednn.qconv_pointwise.default(arg0_1, 0.02, 128, _frozen_param5, ...)",
+    "extern_kernels._int_mm(buf6, _frozen_param61, out=buf7)",
+    "buf3 = torch.ops.aten._weight_int8pack_mm.default(buf2, _frozen_param1, _frozen_param2)",
+    "aoti_torch_cpu__qlinear_pointwise_tensor(buf1, x_scale, x_zp, ...);",  # C++ wrapper code
+    "at::_int_mm_out(buf7, buf6, _frozen_param61);",
+])
+def test_integer_kernels_are_recognised_in_python_and_cpp_wrapper_code(line: str) -> None:
+    from deepshrink.quantize.backends.inductor import check_int8_code
+
+    check_int8_code(["import torch", line])
+
+
+def test_code_without_an_integer_kernel_is_refused_and_no_code_is_not_judged() -> None:
+    from deepshrink.quantize.backends.inductor import check_int8_code
+
+    with pytest.raises(ModelError, match="no int8 kernel .* tested pair is torch 2.13 \\+ torchao 0.18"):
+        check_int8_code(["buf4 = torch.ops.mkl._mkl_linear.default(buf3, _frozen_param7, _frozen_param6, None, 4)",
+                         "buf1 = torch.ops.mkldnn._convolution_pointwise.default(arg4_1, ...)"])
+    check_int8_code([])  # nothing compiled in this call (Dynamo had the graph): nothing to judge
+
+
+def test_a_model_without_linear_or_conv_layers_is_a_clear_error() -> None:
+    with pytest.raises(ModelError, match="no Linear or Conv2d layer to quantize in Sequential"):
+        to_int8(nn.Sequential(nn.Flatten(), nn.ReLU()), torch.randn(4, 1, 26, 26), backend="inductor", strict=False)

@@ -37,9 +37,53 @@ def test_more_ranks_on_a_node_than_gpus_is_a_clear_error(monkeypatch) -> None:
                        "MASTER_PORT": "29999"}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(ConfigError, match=r"LOCAL_RANK=1 needs a CUDA device .* this node has 1; .*"
+    with pytest.raises(ConfigError, match=r"local rank 1 needs a CUDA device .* this node has 1; .*"
                                           r"--nproc_per_node=1\) or train on the CPU"):
         distributed.setup(torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ConfigError, match=r"no CUDA device is visible; train on the CPU with gloo"):
+        distributed.setup(torch.device("cuda"))
+
+
+def _nan_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(net(x), y) * float("nan")
+
+
+def test_fit_hands_the_model_back_where_it_found_it_on_success_and_on_error(monkeypatch) -> None:
+    """Without a second device here, fit is told the model came from the meta device: it must end there."""
+    import deepshrink.train.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "module_device", lambda model: torch.device("meta"))
+    model = _model()
+    Trainer(model, TrainConfig(epochs=1, lr=0.05), device="cpu", progress=False).fit(_blobs())
+    assert _devices(model) == {"meta"}
+    model = _model()
+    with pytest.raises(DeepShrinkError, match="diverged"):
+        Trainer(model, TrainConfig(epochs=1, lr=0.05), loss_fn=_nan_loss, device="cpu", progress=False).fit(_blobs())
+    assert _devices(model) == {"meta"}
+
+
+def test_a_failing_move_back_does_not_hide_the_error_that_stopped_training() -> None:
+    class Sticky(nn.Sequential):
+        """Every move fails once broken, as every CUDA call does after a device-side assert."""
+        broken = False
+
+        def _apply(self, fn, recurse=True):
+            if self.broken:
+                raise RuntimeError("CUDA error: device-side assert triggered")
+            return super()._apply(fn, recurse)
+
+    model = Sticky(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+    def breaking_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        model.broken = True
+        return _nan_loss(net, x, y)
+
+    with pytest.raises(DeepShrinkError, match="diverged"):
+        Trainer(model, TrainConfig(epochs=1, lr=0.05), loss_fn=breaking_loss, device="cpu", progress=False).fit(
+            _blobs())
+    with pytest.raises(RuntimeError, match="device-side assert"):  # after success the move's own error shows
+        Trainer(model, TrainConfig(epochs=1, lr=0.05), device="cpu", progress=False).fit(_blobs())
 
 
 @needs_cuda
@@ -62,12 +106,9 @@ def test_a_model_kept_on_cuda_stays_there_after_cpu_training_and_after_an_error(
     Trainer(model, TrainConfig(epochs=1, lr=0.05), device="cpu", progress=False).fit(_blobs())
     assert _devices(model) == {"cuda"}
 
-    def nan_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(net(x), y) * float("nan")
-
     cpu_model = _model()
     with pytest.raises(DeepShrinkError, match="diverged"):
-        Trainer(cpu_model, TrainConfig(epochs=1, lr=0.05), loss_fn=nan_loss, progress=False).fit(_blobs())
+        Trainer(cpu_model, TrainConfig(epochs=1, lr=0.05), loss_fn=_nan_loss, progress=False).fit(_blobs())
     assert _devices(cpu_model) == {"cpu"}
 
 

@@ -262,3 +262,25 @@ def test_calls_of_any_batch_and_grad_mode_reuse_the_frozen_graph(compiled, token
     with torch.inference_mode():
         int8(*tokenize(tokenizer, sentences[:3], pad_to=24))  # inference tensors, padded inside
     assert dict(counters["stats"]) == before  # no recompilation (it would drop the int8 freezing)
+
+
+def test_a_length_whose_compile_was_refused_stays_refused(monkeypatch) -> None:
+    """A refused compile leaves Dynamo's graph cached: a second try would capture no code and pass unchecked,
+    so the encoder remembers the refusal instead of asking again."""
+    import deepshrink.quantize.backends.inductor as backend
+    from deepshrink.core.errors import ModelError
+    from deepshrink.transformers.inductor import CompiledEncoder
+
+    calls = []
+
+    def refuse(compiled, example, threads) -> None:
+        calls.append(example[0].shape)
+        raise ModelError("Inductor lowered no int8 kernel (test)")
+
+    monkeypatch.setattr(backend, "warm_frozen", refuse)
+    enc = CompiledEncoder(lambda ids, mask: ids, 4, 32, 0, quantized=["q"], skipped=[], activations="per-token",
+                          lengths=[16, 32])
+    for _ in range(2):
+        with pytest.raises(ModelError, match="lowered no int8 kernel"):
+            enc.warm()
+    assert calls == [(4, 16)] and enc.compiled_lengths == {32}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import shutil
+import threading
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -162,7 +163,7 @@ def warm_frozen(compiled: Any, example: tuple[torch.Tensor, ...], threads: int |
     from torch._inductor.graph import GraphLowering
 
     codes: list[str] = []
-    previous = GraphLowering.save_output_code  # a caller's own capture (tests) keeps working
+    previous = None
 
     def save(code: str) -> None:
         codes.append(code)
@@ -172,27 +173,33 @@ def warm_frozen(compiled: Any, example: tuple[torch.Tensor, ...], threads: int |
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads or old_threads)
     limit = max(int(dynamo_config.recompile_limit), 64)
-    GraphLowering.save_output_code = save  # Inductor's hook for its output code, fresh or from its cache
-    try:
-        with inductor_config.patch(freezing=True), dynamo_config.patch(recompile_limit=limit), \
-                torch.inference_mode():
-            compiled(*example)
-    finally:
-        GraphLowering.save_output_code = previous
-        torch.set_num_threads(old_threads)
+    with _CAPTURE:  # one class-wide hook: two threads compiling at once would each restore the other's
+        previous = GraphLowering.save_output_code  # a caller's own capture (tests) keeps working
+        GraphLowering.save_output_code = save  # Inductor's hook for its output code, fresh or from its cache
+        try:
+            with inductor_config.patch(freezing=True), dynamo_config.patch(recompile_limit=limit), \
+                    torch.inference_mode():
+                compiled(*example)
+        finally:
+            GraphLowering.save_output_code = previous
+            torch.set_num_threads(old_threads)
     check_int8_code(codes)
 
 
-# integer GEMMs in Inductor's generated code: oneDNN's int8 linear / convolution, aten's int8 x int8 -> int32 mm
-INT8_KERNEL = re.compile(r"onednn\.q(?:linear|conv)\w*|\b_int_mm\b|_weight_int8pack_mm")
+# integer GEMMs in Inductor's generated code, Python or C++ wrapper: oneDNN's int8 linear / convolution
+# (``onednn.qlinear_pointwise``, ``aoti_torch_cpu__qconv_pointwise_tensor``), aten's int8 x int8 -> int32 mm
+# (``_int_mm``, ``_int_mm_out``) and int8-weight mm
+INT8_KERNEL = re.compile(r"q(?:linear|conv)\w*_pointwise|_int_mm|_weight_int8pack_mm")
+_CAPTURE = threading.Lock()
 
 
 def check_int8_code(codes: Sequence[str]) -> None:
     """ModelError when Inductor generated code (``codes``: its output modules) without a single integer kernel.
 
-    Lowering int8 is pattern matching inside Inductor; when it fails (seen with torch 2.11 and torchao 0.18, a
-    pair not built together) the compile succeeds and every layer silently runs fp32 math. No code captured
-    (the graph was already compiled in this process) is not checked."""
+    Lowering int8 is pattern matching inside Inductor; when it fails (seen with torch 2.11 and torchao 0.17 or
+    0.18 on a GPU machine) the compile succeeds and every layer silently runs fp32 math. Not checked: a call
+    that captured no code (Dynamo had the graph already), and a partial lowering (one integer kernel is
+    enough to pass)."""
     if codes and not any(INT8_KERNEL.search(code) for code in codes):
         import importlib.metadata as md
 
@@ -201,8 +208,8 @@ def check_int8_code(codes: Sequence[str]) -> None:
         except md.PackageNotFoundError:
             ao = "not installed"
         raise ModelError(f"Inductor lowered no int8 kernel (torch {torch.__version__}, torchao {ao}): the "
-                         "compiled model would run fp32 math; install the torchao release built for this torch "
-                         "(torchao 0.18 for torch 2.13) or use backend='onnxruntime'")
+                         "compiled model would run fp32 math; the tested pair is torch 2.13 + torchao 0.18, "
+                         "or use backend='onnxruntime'")
 
 
 __all__ = ["INDUCTOR_KERNEL_TYPES", "INT8_KERNEL", "CompiledInt8", "check_int8_code", "compile_frozen", "compile_pt2e",

@@ -243,6 +243,9 @@ def _inductor(model: nn.Module, calibration_data: Any, *, mode: str, observer: s
     fallbacks = _fallbacks(float_model, INDUCTOR_KERNEL_TYPES)
     if strict and fallbacks:
         raise ModelError(f"no int8 kernel for: {', '.join(fallbacks)}")
+    if not any(isinstance(m, INDUCTOR_KERNEL_TYPES) for m in float_model.modules()):
+        raise ModelError(f"the inductor backend found no Linear or Conv2d layer to quantize in "
+                         f"{type(model).__name__}")
     batches = _calib_batches(calibration_data, max_batches)
     return Int8Model(to_inductor(float_model, batches, **options), "inductor", fallbacks)
 
