@@ -122,3 +122,13 @@ def test_distillation_on_cuda_hands_both_models_back_on_the_cpu() -> None:
     distill(student, teacher, _blobs(), cfg, progress=False)
     assert _devices(student) == {"cpu"} and _devices(teacher) == {"cpu"}
     assert any(not torch.equal(a, p) for a, p in zip(before, student.parameters()))
+
+
+def test_recover_hands_the_teacher_back_where_it_found_it(monkeypatch) -> None:
+    import deepshrink.factorize.recover as recover_module
+
+    monkeypatch.setattr(recover_module, "module_device", lambda model: torch.device("meta"))
+    teacher, student = _model(1), _model(2)
+    recover_module.recover(student, _blobs(), TrainConfig(epochs=1, lr=0.05), teacher=teacher, device="cpu",
+                           progress=False)
+    assert _devices(teacher) == {"meta"} and _devices(student) == {"cpu"}
