@@ -3,6 +3,8 @@ kernels, export, measurement -- run them there); under torchrun each rank needs 
 
 The CUDA tests need a GPU and are skipped without one (CI has none); they run on a GPU machine."""
 
+import importlib
+
 import pytest
 import torch
 from torch import nn
@@ -125,7 +127,7 @@ def test_distillation_on_cuda_hands_both_models_back_on_the_cpu() -> None:
 
 
 def test_recover_hands_the_teacher_back_where_it_found_it(monkeypatch) -> None:
-    import deepshrink.factorize.recover as recover_module
+    recover_module = importlib.import_module("deepshrink.factorize.recover")  # the package re-exports recover()
 
     monkeypatch.setattr(recover_module, "module_device", lambda model: torch.device("meta"))
     teacher, student = _model(1), _model(2)
