@@ -134,3 +134,18 @@ def test_recover_hands_the_teacher_back_where_it_found_it(monkeypatch) -> None:
     recover_module.recover(student, _blobs(), TrainConfig(epochs=1, lr=0.05), teacher=teacher, device="cpu",
                            progress=False)
     assert _devices(teacher) == {"meta"} and _devices(student) == {"cpu"}
+
+
+@needs_cuda
+def test_pruning_with_taylor_scores_gathered_while_retraining_on_cuda() -> None:
+    """Taylor scores accumulate on the GPU during retraining; the masks are computed for the layers back on the
+    CPU (the scores follow the layer's device)."""
+    from deepshrink.prune import unstructured
+    from deepshrink.prune.importance import TrainingTaylorImportance
+
+    model = _model(hidden=16)
+    rep = unstructured(model, 0.75, importance=TrainingTaylorImportance(), schedule="iterative",
+                       schedule_kwargs={"steps": 2}, train=TrainConfig(epochs=1, batch_size=32, lr=0.05),
+                       data=_blobs())
+    assert rep.sparsity == pytest.approx(0.75, abs=0.02)
+    assert _devices(model) == {"cpu"}
