@@ -102,7 +102,7 @@ def _teardown() -> None:
 def local_device(device: torch.device) -> torch.device:
     """Under a multi-GPU launch, CUDA without an index means this process's GPU (LOCAL_RANK)."""
     if device.type == "cuda" and device.index is None and requested_world_size() > 1:
-        return torch.device("cuda", _env_int("LOCAL_RANK", 0) or 0)
+        return torch.device("cuda", _env_int("LOCAL_RANK", _env_int("RANK", 0)) or 0)  # as setup() picks it
     return device
 
 

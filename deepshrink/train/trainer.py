@@ -135,12 +135,13 @@ class Trainer:
         return nn.functional.cross_entropy(model(x), y, label_smoothing=self.cfg.label_smoothing)
 
     def fit(self, data: Dataset | DataLoader) -> TrainResult:
-        """Train on ``self.device``; the model is returned to the device it was on (later stages, such as CPU
-        int8 kernels, export and measurement, run it where the caller keeps it)."""
-        home = module_device(self.model)
+        """Train on ``self.device``. The model comes back in the train/eval mode it had and on the device it was
+        on, also when training fails: later stages (CPU int8 kernels, export, measurement) run it there."""
+        home, was_training = module_device(self.model), self.model.training
         try:
             return self._fit(data)
         finally:
+            self.model.train(was_training)
             restore_device(self.model, home)
 
     def _fit(self, data: Dataset | DataLoader) -> TrainResult:
@@ -159,7 +160,6 @@ class Trainer:
         sched = make_schedule(opt, cfg, len(loader))
         distributed.barrier(ctx)  # no rank reads a checkpoint that rank 0 may still be writing
         start_epoch, history = self._resume(opt, sched, ctx)
-        was_training = self.model.training
         self.model.train()
         net = self._wrap(ctx)
         steps = start_epoch * len(loader)
@@ -212,7 +212,6 @@ class Trainer:
             # a finite loss can still leave NaN/inf weights after the last step: never checkpoint those
             check_weights(self.model, f"{self.description}: after epoch {epoch + 1}; training diverged")
             self._save_checkpoint(epoch + 1, steps, opt, sched, history, ctx)
-        self.model.train(was_training)
         return TrainResult(epochs_run=cfg.epochs - start_epoch, steps=steps, final_loss=epoch_loss,
                            history=history)
 

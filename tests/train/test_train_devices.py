@@ -56,13 +56,13 @@ def test_fit_hands_the_model_back_where_it_found_it_on_success_and_on_error(monk
     import deepshrink.train.trainer as trainer_module
 
     monkeypatch.setattr(trainer_module, "module_device", lambda model: torch.device("meta"))
-    model = _model()
+    model = _model().eval()
     Trainer(model, TrainConfig(epochs=1, lr=0.05), device="cpu", progress=False).fit(_blobs())
-    assert _devices(model) == {"meta"}
-    model = _model()
+    assert _devices(model) == {"meta"} and not model.training
+    model = _model().eval()
     with pytest.raises(DeepShrinkError, match="diverged"):
         Trainer(model, TrainConfig(epochs=1, lr=0.05), loss_fn=_nan_loss, device="cpu", progress=False).fit(_blobs())
-    assert _devices(model) == {"meta"}
+    assert _devices(model) == {"meta"} and not model.training  # eval mode kept although training stopped
 
 
 def test_a_failing_move_back_does_not_hide_the_error_that_stopped_training() -> None:
