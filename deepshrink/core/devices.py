@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 
 import torch
 from torch import nn
@@ -15,14 +16,18 @@ def module_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def restore_device(model: nn.Module, home: torch.device) -> None:
-    """Move ``model`` back to ``home``. While an exception is propagating (a ``finally`` block after a failed
-    step) a failing move is dropped, so the caller sees the original error, not a second one from the move
-    (after a sticky CUDA error every CUDA call fails)."""
-    if sys.exc_info()[0] is None:
-        model.to(home)
-        return
+@contextmanager
+def handed_back(*models: nn.Module) -> Iterator[None]:
+    """Run the block, then move each model back to the device it was on when the block started, also when the
+    block raised. Then a failing move is dropped, so the caller sees the block's error, not a second one from
+    the move (after a sticky CUDA error every CUDA call fails)."""
+    homes = [module_device(model) for model in models]
     try:
+        yield
+    except BaseException:
+        for model, home in zip(models, homes):
+            with suppress(Exception):
+                model.to(home)
+        raise
+    for model, home in zip(models, homes):
         model.to(home)
-    except Exception:  # noqa: BLE001 - the error already propagating is the one to report
-        pass

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from deepshrink.core.devices import module_device, restore_device
+from deepshrink.core.devices import handed_back
 from deepshrink.core.errors import ConfigError, ModelError
 from deepshrink.distill.config import DistillConfig, FeatureLink
 from deepshrink.distill.losses import attention_transfer_loss, feature_loss, kd_loss
@@ -251,18 +251,16 @@ def distill(student: nn.Module, teacher: nn.Module, train_data: Dataset | DataLo
         raise ConfigError(f"distill: config must be a DistillConfig, got {type(config).__name__}")
     distiller = Distiller(student, teacher, config)  # checks the models and layer names
     teacher_mode = teacher.training
-    homes = module_device(student), module_device(teacher)  # trained on ``device``, returned where they were
     try:
-        trainer = Trainer(distiller, config.train, loss_fn=distiller.loss, device=device, checkpoint=checkpoint,
-                          progress=progress, description="distill")
-        distiller.prepare(train_data, trainer.device)
-        data = distiller.build_cache(train_data, trainer.device) if config.cache_teacher else train_data
-        return trainer.fit(data)
+        with handed_back(student, teacher):
+            trainer = Trainer(distiller, config.train, loss_fn=distiller.loss, device=device,
+                              checkpoint=checkpoint, progress=progress, description="distill")
+            distiller.prepare(train_data, trainer.device)
+            data = distiller.build_cache(train_data, trainer.device) if config.cache_teacher else train_data
+            return trainer.fit(data)
     finally:
         distiller.close()
         teacher.train(teacher_mode)
-        restore_device(student, homes[0])
-        restore_device(teacher, homes[1])
 
 
 __all__ = ["Distiller", "FeatureLink", "distill", "find_module", "logits_of", "make_adapter"]

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from deepshrink.core.devices import module_device, restore_device
+from deepshrink.core.devices import handed_back
 from deepshrink.core.errors import ConfigError
 from deepshrink.train import TrainConfig, Trainer
 from deepshrink.train.trainer import LossFn, TrainResult
@@ -55,12 +55,9 @@ def recover(model: nn.Module, train: Dataset, config: TrainConfig, *, teacher: n
     trainer = Trainer(model, config, loss_fn=loss_fn, device=device, progress=progress, description="recover")
     if teacher is None:
         return trainer.fit(train)
-    home = module_device(teacher)  # the teacher runs beside the student and goes back where it was, as the student
-    try:
+    with handed_back(teacher):  # the teacher runs beside the student and goes back where it was, as the student
         teacher.to(trainer.device)
         return trainer.fit(train)
-    finally:
-        restore_device(teacher, home)
 
 
 def recover_features(model: nn.Module, teacher: nn.Module, train: Dataset, config: TrainConfig,

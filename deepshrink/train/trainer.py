@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from deepshrink.core.devices import module_device, restore_device
+from deepshrink.core.devices import handed_back
 from deepshrink.core.errors import ConfigError, DeepShrinkError
 from deepshrink.core.fileio import atomic_writer
 from deepshrink.core.guards import check_gradients, check_weights
@@ -137,12 +137,12 @@ class Trainer:
     def fit(self, data: Dataset | DataLoader) -> TrainResult:
         """Train on ``self.device``. The model comes back in the train/eval mode it had and on the device it was
         on, also when training fails: later stages (CPU int8 kernels, export, measurement) run it there."""
-        home, was_training = module_device(self.model), self.model.training
+        was_training = self.model.training
         try:
-            return self._fit(data)
+            with handed_back(self.model):
+                return self._fit(data)
         finally:
             self.model.train(was_training)
-            restore_device(self.model, home)
 
     def _fit(self, data: Dataset | DataLoader) -> TrainResult:
         cfg = self.cfg

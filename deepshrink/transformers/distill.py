@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from deepshrink.core.devices import module_device, restore_device
+from deepshrink.core.devices import handed_back
 from deepshrink.core.errors import ConfigError, ModelError
 from deepshrink.core.progress import track
 
@@ -101,11 +101,8 @@ def distill(student: nn.Module, teacher: nn.Module, tokenizer: object, sentences
             if hs != ht:
                 raise ModelError(f"attention distillation needs equal head counts: student layer {i} has {hs}, "
                                  f"teacher layer {j} {ht}")
-    home = module_device(student)
-    try:
+    with handed_back(student):
         return _distill_steps(student, teacher, tokenizer, sentences, layer_map, cfg, default_device())
-    finally:
-        restore_device(student, home)
 
 
 def _distill_steps(student: nn.Module, teacher: nn.Module, tokenizer: object, sentences: list[str],

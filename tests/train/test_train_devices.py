@@ -53,9 +53,9 @@ def _nan_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def test_fit_hands_the_model_back_where_it_found_it_on_success_and_on_error(monkeypatch) -> None:
     """Without a second device here, fit is told the model came from the meta device: it must end there."""
-    import deepshrink.train.trainer as trainer_module
+    from deepshrink.core import devices
 
-    monkeypatch.setattr(trainer_module, "module_device", lambda model: torch.device("meta"))
+    monkeypatch.setattr(devices, "module_device", lambda model: torch.device("meta"))
     model = _model().eval()
     Trainer(model, TrainConfig(epochs=1, lr=0.05), device="cpu", progress=False).fit(_blobs())
     assert _devices(model) == {"meta"} and not model.training
@@ -127,10 +127,12 @@ def test_distillation_on_cuda_hands_both_models_back_on_the_cpu() -> None:
 
 
 def test_recover_hands_the_teacher_back_where_it_found_it(monkeypatch) -> None:
-    recover_module = importlib.import_module("deepshrink.factorize.recover")  # the package re-exports recover()
+    from deepshrink.core import devices
 
-    monkeypatch.setattr(recover_module, "module_device", lambda model: torch.device("meta"))
+    recover_module = importlib.import_module("deepshrink.factorize.recover")  # the package re-exports recover()
     teacher, student = _model(1), _model(2)
+    monkeypatch.setattr(devices, "module_device",  # the teacher only (the Trainer hands the student back)
+                        lambda model: torch.device("meta") if model is teacher else torch.device("cpu"))
     recover_module.recover(student, _blobs(), TrainConfig(epochs=1, lr=0.05), teacher=teacher, device="cpu",
                            progress=False)
     assert _devices(teacher) == {"meta"} and _devices(student) == {"cpu"}
