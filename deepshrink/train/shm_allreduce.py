@@ -116,12 +116,6 @@ class SharedMemoryAllReduce:
         self.used = 0
         self.futures: list[torch.futures.Future[torch.Tensor]] = []
 
-    @property
-    def _prescale(self) -> bool:
-        """Whether ranks publish ``grad / world`` instead of dividing the sum afterwards (a slower pass): only for
-        a power of two, where the scaling is exact and the mean equals ``sum / world`` to the bit."""
-        return self.world & (self.world - 1) == 0
-
     def _wait(self, call: int) -> None:
         spins, start = 0, time.monotonic()
         while int(self.flags.min()) < call:
@@ -144,10 +138,8 @@ class SharedMemoryAllReduce:
             raise DeepShrinkError(f"distributed: gradient buckets of {self.used + n} values exceed the shared "
                                   f"buffer ({self.numel})")
         slot = self.slots[(self.calls + 1) % 2, self.rank, self.used:self.used + n]
-        if self._prescale:  # grad / world, exact for a power of two: collect then only adds
-            torch.mul(grad.reshape(-1), 1.0 / self.world, out=slot)
-        else:
-            slot.copy_(grad.reshape(-1))
+        # grad x (1 / world) while copying, as DDP's own reducer does before gloo sums: the same mean, no divide pass
+        torch.mul(grad.reshape(-1), 1.0 / self.world, out=slot)
         self.pending.append((grad, self.used))
         self.used += n
 
@@ -164,8 +156,6 @@ class SharedMemoryAllReduce:
                 torch.add(parts[0], parts[1], out=flat)
             else:
                 torch.sum(parts, 0, out=flat)
-            if not self._prescale:
-                flat.div_(self.world)
             out.append(grad)
         self.pending, self.used = [], 0
         return out

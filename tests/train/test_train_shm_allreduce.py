@@ -39,36 +39,25 @@ def test_average_sums_every_slot_and_divides(one_rank_group):
     state.world = 2
     state.slots = torch.zeros(2, 2, 8)
     state.flags = torch.tensor([0, 1], dtype=torch.int64)
-    state.slots[1, 1, :4] = torch.tensor([1.0, 3.0, 5.0, 7.0]) / 2  # ranks publish grad / world (2: exact)
+    state.slots[1, 1, :4] = torch.tensor([1.0, 3.0, 5.0, 7.0]) / 2  # ranks publish grad / world
     out = state.average(torch.tensor([3.0, 1.0, -1.0, 1.0]))
     assert torch.equal(out, torch.tensor([2.0, 2.0, 2.0, 4.0]))
     assert torch.equal(state.slots[1, 0, :4], torch.tensor([1.5, 0.5, -0.5, 0.5]))
     assert state.flags.tolist() == [1, 1]
 
 
-def test_three_ranks_publish_raw_gradients_and_divide_the_sum(one_rank_group):
-    state = shm_allreduce.SharedMemoryAllReduce(numel=4)
-    state.world = 3  # 1/3 is not exact: no pre-scaling, the sum is divided as gloo's all-reduce + DDP do
-    state.slots = torch.zeros(2, 3, 4)
-    state.flags = torch.tensor([0, 1, 1], dtype=torch.int64)
-    state.slots[1, 1] = torch.tensor([1.0, 0.1, 2.0, -4.0])
-    state.slots[1, 2] = torch.tensor([2.0, 0.2, 2.0, 1.0])
-    g = torch.tensor([0.0, 0.3, 2.0, 0.5])
-    out = state.average(g.clone())
-    assert torch.equal(state.slots[1, 0], g)
-    assert torch.equal(out, torch.stack([g, state.slots[1, 1], state.slots[1, 2]]).sum(0) / 3)
-
-
-@pytest.mark.parametrize("world", [2, 4])
-def test_power_of_two_means_equal_the_divided_sum_to_the_bit(one_rank_group, world):
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_the_mean_is_the_sum_of_gradients_scaled_by_one_over_world(one_rank_group, world):
     state = shm_allreduce.SharedMemoryAllReduce(numel=1000)
     state.world = world
     state.slots = torch.zeros(2, world, 1000)
     state.flags = torch.tensor([0] + [1] * (world - 1), dtype=torch.int64)
     grads = torch.randn(world, 1000, generator=torch.Generator().manual_seed(world)) * 1e3
-    state.slots[1, 1:] = grads[1:] / world
+    state.slots[1, 1:] = grads[1:] * (1.0 / world)  # the peers' published slots
     out = state.average(grads[0].clone())
-    assert torch.equal(out, grads.sum(0) / world)
+    # DDP's reducer multiplies each gradient by 1 / world while filling its bucket, then gloo sums the buckets
+    assert torch.equal(out, (grads * (1.0 / world)).sum(0))
+    assert torch.equal(state.slots[1, 0], grads[0] * (1.0 / world))
 
 
 def test_a_peer_that_never_publishes_is_a_clear_error(one_rank_group):
