@@ -22,8 +22,9 @@ def save(model: Any, path: Any, policy: Any = None, info: Any = None) -> Any:
     return _save(model, path, policy, info)
 
 
-def load(path: Any) -> Any:
-    """Rebuild a plain ``nn.Module`` from an artifact (see ``deepshrink.artifact.load``)."""
+def load(path: Any, model: Any = None) -> Any:
+    """Rebuild a plain ``nn.Module`` from an artifact (see ``deepshrink.artifact.load``); a model of your own
+    loads into ``model``, a fresh instance you build (no code named in a file is ever imported)."""
     from deepshrink.artifact import load as _load
 
-    return _load(path)
+    return _load(path, model)

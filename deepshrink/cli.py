@@ -16,9 +16,9 @@ EPILOG = """examples:
   deepshrink demo --recipe paper         the paper's own per-layer settings (Tables 2-3)
   deepshrink inspect runs/dc/lenet5.huffman.dsk --json
   deepshrink run recipes/deep_compression_lenet5.yaml --out runs/lenet5   a recipe end to end (resumes if interrupted)
-  deepshrink run int8_ptq --model mypkg.nets:build --weights net.safetensors --data ./idx-folder --out runs/q
+  deepshrink run int8_ptq_lenet5 --model mypkg.nets:build --weights net.safetensors --data ./idx-folder --out runs/q
   deepshrink run minilm_ffn10_refit --out runs/minilm   all-MiniLM-L6-v2 on text (--model minilm --data pydocs)
-  deepshrink export runs/lenet5/04-encode.dsk --format onnx --input-shape 1,28,28
+  deepshrink export runs/lenet5/03-encode.dsk --format onnx --input-shape 1,28,28
   deepshrink report runs/lenet5          tables of a finished run; rewrites report.md and report.html
   deepshrink sensitivity --model lenet5 --out runs/sens   per-layer accuracy vs kept fraction and bits
   deepshrink auto --model lenet5 --max-drop 0.5 --time-budget 840 --out runs/auto   budget-driven compression

@@ -6,6 +6,7 @@ from its blobs, and the result is a plain ``nn.Module`` whose outputs equal the 
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import dataclass, field
@@ -17,8 +18,8 @@ from torch.nn.utils import parametrize
 
 from deepshrink.artifact import tensors as T
 from deepshrink.codec import container
-from deepshrink.core.errors import ConfigError, CorruptArtifactError, DeepShrinkError
-from deepshrink.models.zoo import MODELS, arch_spec, create
+from deepshrink.core.errors import ArtifactError, ConfigError, CorruptArtifactError, DeepShrinkError
+from deepshrink.models.zoo import ARCH_ATTR, MODELS, arch_record, create, user_model_name
 from deepshrink.quantize.kmeans import shared_codebook
 
 FORMAT = "deepshrink.model"
@@ -149,7 +150,7 @@ def encode_model(model: nn.Module, policy: StoragePolicy | None = None,
         tensors_meta[name] = enc.meta
         blobs.update(enc.blobs)
         reports.append(rep)
-    meta = {"format": FORMAT, "arch": arch_spec(model), "tensors": tensors_meta, "info": info or {}}
+    meta = {"format": FORMAT, "arch": arch_record(model), "tensors": tensors_meta, "info": info or {}}
     return meta, blobs, reports
 
 
@@ -188,8 +189,12 @@ def _rebuild(zoo: str, kwargs: dict[str, Any], where: str) -> nn.Module:
         raise CorruptArtifactError(f"{where}: cannot rebuild architecture: {reason}") from None
 
 
-def load(path: str | os.PathLike[str]) -> nn.Module:
-    """Rebuild a plain ``nn.Module`` (eval mode) from an artifact; no code in the file is executed."""
+def load(path: str | os.PathLike[str], model: nn.Module | None = None) -> nn.Module:
+    """Rebuild a plain ``nn.Module`` (eval mode) from an artifact; no code in the file is executed.
+
+    A zoo model is rebuilt from the file's JSON record. A model of your own (any other ``nn.Module``) is
+    never rebuilt from the file: pass ``model``, a freshly built instance of its architecture, which is
+    resized and substituted as recorded (structured pruning, factorization), filled and returned."""
     box = container.read_container(path)
     where = str(path)
     meta = box.meta
@@ -199,11 +204,19 @@ def load(path: str | os.PathLike[str]) -> nn.Module:
     if not isinstance(arch, dict) or not isinstance(arch.get("zoo"), str) or not isinstance(
             arch.get("kwargs", {}), dict):
         raise CorruptArtifactError(f"{where}: malformed architecture record")
-    if arch["zoo"] == "hf_bert" and arch["zoo"] not in MODELS:  # registered by the optional transformers extra
-        import deepshrink.transformers  # noqa: F401
-    if arch["zoo"] not in MODELS:
-        raise CorruptArtifactError(f"{where}: unknown architecture {arch['zoo']!r}")
-    model = _rebuild(arch["zoo"], arch.get("kwargs", {}), where)
+    if model is not None:
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"load: model must be an nn.Module built like the saved one, got {type(model).__name__}")
+    elif user_model_name(arch) is not None:
+        raise ArtifactError(f"{where} holds a model of your own ({user_model_name(arch)}): deepshrink never imports "
+                            "code named in a file; build it and pass it: deepshrink.load(path, model=...) "
+                            "(CLI: --model package.module:factory)")
+    else:
+        if arch["zoo"] == "hf_bert" and arch["zoo"] not in MODELS:  # registered by the optional transformers extra
+            import deepshrink.transformers  # noqa: F401
+        if arch["zoo"] not in MODELS:
+            raise CorruptArtifactError(f"{where}: unknown architecture {arch['zoo']!r}")
+        model = _rebuild(arch["zoo"], arch.get("kwargs", {}), where)
     if arch.get("transforms"):  # factorized / tied / hashed layers (deepshrink.factorize), replayed by shape
         from deepshrink.factorize import replay_transforms
 
@@ -233,4 +246,5 @@ def load(path: str | os.PathLike[str]) -> nn.Module:
             raise CorruptArtifactError(f"{where}: tensor {name} has the wrong shape for the architecture")
         state[name] = T.decode_tensor(tmeta, shape, box.blobs, f"{where}: {name}").to(expected[name].dtype)
     model.load_state_dict(state, strict=True)
+    setattr(model, ARCH_ATTR, copy.deepcopy(arch))  # the record it was built from: saved again, it reloads the same
     return model.eval()

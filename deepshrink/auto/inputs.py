@@ -46,7 +46,7 @@ def prepare(model_spec: str, *, weights: str | None, data: str, out: Path, val_f
             model_args: dict[str, Any] | None = None) -> Inputs:
     """Build ``model_spec`` (zoo name or package.module:factory), load ``weights`` or train on the fit split.
 
-    A trained baseline is cached in ``out`` (``baseline.trained.<epochs>e.s<seed>.dsk``) so a resumed or
+    A trained baseline is cached in ``out`` (``baseline.trained.<epochs>e.s<seed>.v<validation %>.dsk``) so a resumed or
     repeated run does not train it again. The validation split is held out of the training data.
     """
     from deepshrink.artifact import StoragePolicy, save

@@ -22,6 +22,13 @@ def _shape(text: str) -> tuple[int, ...]:
     return dims
 
 
+def _user_model(spec: str) -> Any:
+    """A fresh model from ``package.module:factory`` (or a zoo name), for an artifact of the user's own model."""
+    from deepshrink.recipe.models import model_factory
+
+    return model_factory(spec)()
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
@@ -35,7 +42,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.format in ("onnx", "torchscript") and not args.input_shape:
         raise ConfigError(f"--format {args.format} traces the model: give one sample's shape with --input-shape, "
                           "e.g. 1,28,28")
-    model = load(src)
+    model = load(src, model=_user_model(args.model) if args.model else None)
     dest = Path(args.out) if args.out else src.with_suffix(SUFFIX[args.format])
     if dest.resolve() == src.resolve():
         raise ConfigError(f"--out {dest} would overwrite the artifact")
@@ -55,5 +62,8 @@ def register(sub: Any) -> None:
     exp.add_argument("--format", required=True, choices=sorted(SUFFIX), help="target format")
     exp.add_argument("--out", help="output file (default: FILE with the format's suffix)")
     exp.add_argument("--input-shape", type=_shape, help="one sample's shape, e.g. 1,28,28 (ONNX/TorchScript tracing)")
+    exp.add_argument("--model", metavar="PACKAGE.MODULE:FACTORY",
+                     help="for an artifact of your own model (deepshrink run --model package.module:factory): "
+                          "the factory that builds it, as given to run (files never name code that is imported)")
     exp.add_argument("--json", action="store_true", help="machine-readable output")
     exp.set_defaults(handler=cmd_export)

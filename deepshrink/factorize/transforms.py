@@ -16,7 +16,7 @@ from torch import nn
 
 from deepshrink.core.errors import ConfigError, DeepShrinkError, ModelError
 from deepshrink.core.registry import Registry
-from deepshrink.models.zoo import ARCH_ATTR
+from deepshrink.models.zoo import ARCH_ATTR, arch_record
 
 # op name -> builder(model, entry) that performs the substitution structurally (no weight init).
 Replay = Callable[[nn.Module, dict[str, Any]], None]
@@ -47,9 +47,7 @@ def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def record(model: nn.Module, entry: dict[str, Any]) -> None:
     """Append ``entry`` to the model's arch record (a new dict, so copies never alias)."""
-    spec = getattr(model, ARCH_ATTR, None)
-    if spec is None:
-        return  # not a zoo model: it can be factorized but not saved as an artifact
+    spec = arch_record(model)  # a model of your own gets a user record: its artifact loads into one you build
     transforms = [*spec.get("transforms", []), dict(entry)]
     setattr(model, ARCH_ATTR, {**spec, "transforms": transforms})
 

@@ -18,6 +18,8 @@ from deepshrink.core.registry import Registry
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model", error=ModelError)
 
 ARCH_ATTR = "_deepshrink_arch"
+IMPORT_PREFIX = "import:"  # arch record of a model built by a user's ``package.module:factory`` (CLI runs)
+USER_PREFIX = "user:"  # arch record of any other nn.Module: its class, named for messages only
 
 
 class LeNet300(nn.Module):
@@ -182,6 +184,28 @@ def arch_spec(model: nn.Module) -> dict[str, Any]:
             "its architecture cannot be rebuilt from an artifact"
         )
     return spec
+
+
+def user_record(model: nn.Module) -> dict[str, Any]:
+    """The arch record of a model that ``create`` did not build: its artifacts load only into a model the
+    caller builds (``deepshrink.load(path, model=...)``), since no code named in a file is ever imported."""
+    cls = type(model)
+    return {"zoo": f"{USER_PREFIX}{cls.__module__}.{cls.__qualname__}", "kwargs": {}}
+
+
+def arch_record(model: nn.Module) -> dict[str, Any]:
+    """``arch_spec(model)``, or a user record for a model that ``create`` did not build."""
+    spec = getattr(model, ARCH_ATTR, None)
+    return user_record(model) if spec is None else spec
+
+
+def user_model_name(arch: dict[str, Any]) -> str | None:
+    """What a user-model arch record names (``package.module:factory`` or a class), None for a zoo record."""
+    zoo = arch.get("zoo")
+    for prefix in (IMPORT_PREFIX, USER_PREFIX):
+        if isinstance(zoo, str) and zoo.startswith(prefix):
+            return zoo[len(prefix):]
+    return None
 
 
 def _jsonable(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -4,9 +4,10 @@ Every tensor in the traced graph carries a *layout* of its channel axis: a list 
 ``(gid, length, rep)`` (``rep`` consecutive positions per channel, after a flatten) on one axis.
 Producers (conv / linear / embedding outputs) open a new channel id; element-wise ops pass layouts
 through; additions unite ids (residuals); concatenation along the channel axis joins segments;
-depthwise convs and batch norms follow their input. Whatever the analysis cannot prove safe
-(the model output, layer norms, attention inputs, parameters added to activations, unknown ops)
-*blocks* the ids it touches, with the reason. Channel ids that remain free form prunable groups.
+depthwise convs and batch norms follow their input, and so do single-axis layer norms, fused-qkv
+attention inputs and parameters added to activations, which are sliced with their channels. Whatever the
+analysis cannot prove safe (the model output, multi-axis layer norms, unknown ops) *blocks* the ids it
+touches, with the reason. Channel ids that remain free form prunable groups.
 """
 
 from __future__ import annotations

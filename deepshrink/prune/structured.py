@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from deepshrink.core.errors import ConfigError, ModelError
-from deepshrink.models.zoo import ARCH_ATTR
+from deepshrink.models.zoo import ARCH_ATTR, arch_record
 from deepshrink.prune.engine import _loader, check_ratio
 from deepshrink.prune.graph import ChannelGraph, Seg, build_graph
 from deepshrink.prune.importance import Importance, _HookedImportance, get_importance
@@ -242,9 +242,7 @@ def structured_with_report(
         report.skipped.setdefault(reason.split(":")[0], reason)
     report.skipped.update({k: v for k, v in graph.notes.items() if k not in report.skipped})
     report.params_after = sum(p.numel() for p in pruned.parameters())
-    spec = getattr(model, ARCH_ATTR, None)
-    if spec is not None:
-        setattr(pruned, ARCH_ATTR, {**spec, "resized": record_resized(pruned)})
+    setattr(pruned, ARCH_ATTR, {**arch_record(model), "resized": record_resized(pruned)})
     was_training = model.training
     try:
         with torch.no_grad():

@@ -3,7 +3,7 @@
 ``round`` has zero gradient almost everywhere; the STE replaces it by the identity, so weights
 keep learning while the forward pass sees quantized values. Values clipped by the range get zero
 gradient. LSQ (Esser et al. 2020) also learns the step size ``s`` with gradient scale
-``1 / sqrt(numel * q_max)``. After training, ``freeze`` turns each fake quantizer into a frozen
+``1 / sqrt(K * q_max)``, K the weights that share one step size. After training, ``freeze`` turns each fake quantizer into a frozen
 ``QuantizedWeight`` (integer codes), exactly matching the eval-mode fake-quant output. Binary
 (BinaryConnect / XNOR scale) and ternary (TWN) weights train the same way (``BinaryConfig(trainable=True)``,
 ``TernaryConfig(trainable=True)``).

@@ -1,9 +1,9 @@
 """Models for a run: a zoo name or a user's ``package.module:factory``, trained weights, stage artifacts.
 
 Zoo models save as ordinary artifacts (``deepshrink.load`` rebuilds them). A user's model has no zoo
-record, so its artifacts carry ``{"zoo": "import:package.module:factory"}``: ``deepshrink.load``
-refuses them (it never imports code named in a file), and the runner reloads their tensors into a
-model built by the factory the user named on the command line.
+record, so its artifacts carry ``{"zoo": "import:package.module:factory"}``: they load only into a model
+built by the factory the user named on the command line (``deepshrink.load(path, model=factory())``),
+never by importing code named in a file.
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ from deepshrink.artifact import tensors as T
 from deepshrink.artifact.model_io import SaveReport
 from deepshrink.codec import container
 from deepshrink.core.errors import ArtifactError, DeepShrinkError, ModelError
-from deepshrink.models.zoo import ARCH_ATTR, MODELS, PRETRAINED, create
-
-IMPORT_PREFIX = "import:"
+from deepshrink.models.zoo import ARCH_ATTR, IMPORT_PREFIX, MODELS, PRETRAINED, create, user_model_name
 
 
 def is_import_path(spec: str) -> bool:
@@ -164,19 +162,14 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], policy: StoragePo
 
 
 def load_model(path: str | os.PathLike[str], factory: Callable[[], nn.Module] | None = None) -> nn.Module:
-    """Reload a stage artifact: ``deepshrink.load`` for zoo models, else the tensors into ``factory()``."""
-    meta_arch = _arch(path)
-    if not str(meta_arch.get("zoo", "")).startswith(IMPORT_PREFIX):
+    """Reload a stage artifact: ``deepshrink.load`` for zoo models, else into ``factory()`` (a user's model)."""
+    user = user_model_name(_arch(path))
+    if user is None:
         return load(path)
     if factory is None:
-        raise ArtifactError(f"{path} holds a user model ({meta_arch['zoo'][len(IMPORT_PREFIX):]}); "
-                            "rebuild it with its factory and load_weights")
-    model = factory()
-    try:
-        load_weights(model, path)
-    except DeepShrinkError as exc:
-        raise ArtifactError(f"cannot reload {path}: {exc}") from None
-    return model.eval()
+        raise ArtifactError(f"{path} holds a user model ({user}); rebuild it with its factory: "
+                            "deepshrink.load(path, model=factory())")
+    return load(path, model=factory())
 
 
 def _arch(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Text data has no labels, so every stage here works from calibration sentences, never from training:
 ``prune`` with ``method: heads | ffn`` (structured, optional least-squares refit), and ``quantize`` with
 ``scheme: int8_per_token`` (int8 Linear layers with per-token activations, optional SmoothQuant, stored as
-packed 7/8-bit codes) and/or ``embedding: int8 | codebook`` (the word-embedding table). Stages that train
+7/8-bit codes, bit-packed or entropy-coded) and/or ``embedding: int8 | codebook`` (the word-embedding table). Stages that train
 (finetune, distill, QAT, retraining) are refused before any work by :func:`check_text_stage`.
 """
 

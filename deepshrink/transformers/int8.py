@@ -6,7 +6,7 @@ scale per output row, the bias, and (SmoothQuant) a per-input-channel divisor ``
 forward is the maths of the compiled kernel -- per-token dynamic symmetric int8 activations (torchao's
 ``Int8DynamicActivationInt8WeightConfig``: ``s_t = max_j |x_tj| / 127.5``, ``q = clamp(round(x / s_t),
 -128, 127)``), an exact integer matmul with the codes, times both scales, plus the bias -- so the model is a
-plain ``nn.Module`` that runs anywhere. ``deepshrink.save`` writes the codes bit-packed at ``bits`` bits
+plain ``nn.Module`` that runs anywhere. ``deepshrink.save`` writes the ``bits``-bit codes bit-packed, Huffman- or range-coded, whichever is smallest
 (``deepshrink.artifact.quantized.encode_int_codes``) and ``deepshrink.load`` rebuilds it exactly (the
 SentenceEncoder's architecture record lists the Int8Linear layers); ``compile_int8`` of such a model uses
 the stored codes and scales as torchao's ``Int8Tensor`` data, without re-quantizing.
@@ -304,7 +304,7 @@ def quantize_int8(encoder: nn.Module, *, calibration: Sequence[tuple[torch.Tenso
     folded into the codes, the input divisor kept as each layer's ``inv_scale``. ``weight_bits``: 7
     (default on CPUs without VNNI, where oneDNN's int16 pair sums saturate with 8-bit weights) or 8.
     ``skip``: regexes of Linear names kept fp32 (e.g. ``[FFN_OUT]``). Save the result with
-    ``deepshrink.save`` (codes bit-packed) and run it eagerly or through ``compile_int8``."""
+    ``deepshrink.save`` (codes entropy-coded) and run it eagerly or through ``compile_int8``."""
     if not isinstance(encoder, nn.Module):
         raise ModelError(f"quantize_int8 needs a float nn.Module encoder, got {type(encoder).__name__}")
     if int8_linear_names(encoder):

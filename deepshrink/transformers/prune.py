@@ -7,8 +7,10 @@ matching input columns. Per-layer counts go into the encoder's architecture reco
 ``deepshrink.transformers.model``); ``config.intermediate_size`` / ``num_attention_heads`` are updated
 when all layers agree.
 
-Importance (no labels needed): a head's score is how much the sentence embedding changes (1 - mean
-cosine) when that head alone is zeroed on calibration sentences; an FFN neuron's score is the mean
+Importance (no labels needed): a head's score is by default its contribution, the mean L2 norm over real
+tokens of its output projected by attention.output.dense (``head_contribution``, one forward per batch), or
+with ``method="ablation"`` how much the sentence embedding changes (1 - mean cosine) when that head alone is
+zeroed on calibration sentences (``head_importance``); an FFN neuron's score is the mean
 absolute activation times the L2 norm of its output column (its average contribution to the residual).
 """
 

@@ -97,6 +97,27 @@ def test_rerun_is_resumed_and_report_export_work(run_dir: Path, tmp_path: Path,
     assert torch.allclose(torch.from_numpy(got), model(x), atol=1e-5)
 
 
+def test_export_of_a_user_model_needs_its_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    from deepshrink.recipe.models import model_factory
+
+    (tmp_path / "clinet.py").write_text("from torch import nn\n\ndef build():\n"
+                                        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    net = model_factory("clinet:build")()  # as `deepshrink run --model clinet:build` builds it
+    deepshrink.save(net, tmp_path / "n.dsk")
+    dest = tmp_path / "n.safetensors"
+    assert main(["export", str(tmp_path / "n.dsk"), "--format", "safetensors", "--out", str(dest)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "clinet:build" in err and "--model" in err
+    assert not dest.exists()
+    assert main(["export", str(tmp_path / "n.dsk"), "--format", "safetensors", "--out", str(dest),
+                 "--model", "clinet:build"]) == 0
+    from safetensors.torch import load_file
+
+    assert torch.equal(load_file(str(dest))["1.weight"], net[1].weight)
+
+
 def test_help_lists_the_commands_with_examples(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         main(["--help"])

@@ -153,8 +153,30 @@ def test_user_model_from_import_path_with_weights(tmp_path: Path, digits, monkey
     assert [e["name"] for e in events if e["event"] == "skip"] == ["finetune"]  # trained weights given
     assert res.report["baseline"]["accuracy"] == evaluate(net, digits.test).accuracy
     assert res.report["model"] == "usernet:build"
-    with pytest.raises(deepshrink.core.errors.ArtifactError):
+    with pytest.raises(deepshrink.core.errors.ArtifactError, match="usernet:build"):
         deepshrink.load(tmp_path / "out" / "01-prune.dsk")  # never imports code named in a file
+    import usernet
+
+    back = deepshrink.load(tmp_path / "out" / "01-prune.dsk", model=usernet.build())
+    x = digits.test.tensors[0][:8]
+    assert torch.equal(back(x), res.model.eval()(x))
+
+
+def test_compress_takes_any_module_and_its_artifact_loads_into_a_fresh_one(tmp_path: Path, digits) -> None:
+    def build() -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+
+    torch.manual_seed(0)
+    model = build()
+    deepshrink.train.Trainer(model, deepshrink.train.TrainConfig(epochs=2, optimizer="adam", lr=0.01),
+                             progress=False).fit(digits.train)
+    recipe = {"name": "any", "stages": [{"kind": "prune", "sparsity": 0.5}, {"kind": "encode"}]}
+    res = deepshrink.compress(model, recipe, train_data=digits.train, eval_data=digits.test)
+    res.save(tmp_path / "m.dsk")
+    with pytest.raises(deepshrink.core.errors.ArtifactError, match="Sequential.*model="):
+        deepshrink.load(tmp_path / "m.dsk")
+    x = digits.test.tensors[0][:8]
+    assert torch.equal(deepshrink.load(tmp_path / "m.dsk", model=build())(x), res.model.eval()(x))
 
 
 @pytest.mark.slow
