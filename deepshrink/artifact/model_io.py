@@ -208,7 +208,7 @@ def load(path: str | os.PathLike[str], model: nn.Module | None = None) -> nn.Mod
         if not isinstance(model, nn.Module):
             raise ConfigError(f"load: model must be an nn.Module built like the saved one, got {type(model).__name__}")
     elif user_model_name(arch) is not None:
-        raise ArtifactError(f"{where} holds a model of your own ({user_model_name(arch)}): deepshrink never imports "
+        raise ArtifactError(f"{where} holds a model of your own ({user_model_name(arch)[:120]}): deepshrink never imports "
                             "code named in a file; build it and pass it: deepshrink.load(path, model=...) "
                             "(CLI: --model package.module:factory)")
     else:

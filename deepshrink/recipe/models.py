@@ -167,7 +167,7 @@ def load_model(path: str | os.PathLike[str], factory: Callable[[], nn.Module] | 
     if user is None:
         return load(path)
     if factory is None:
-        raise ArtifactError(f"{path} holds a user model ({user}); rebuild it with its factory: "
+        raise ArtifactError(f"{path} holds a user model ({user[:120]}); rebuild it with its factory: "
                             "deepshrink.load(path, model=factory())")
     return load(path, model=factory())
 
