@@ -285,13 +285,19 @@ def export(stage: S.ExportStage, state: RunState, name: str, out_dir: Path) -> P
     path = out_dir / (stage.file or f"model{suffix[stage.format]}")
     if path.parent != out_dir and not path.resolve().is_relative_to(out_dir.resolve()):
         raise ConfigError(f"file: {stage.file!r} must stay inside the output folder")
-    export_model(state.model, path, stage.format, state.example, state.policy)
+    axes = None
+    if stage.format == "onnx" and isinstance(state.example, tuple) and len(state.example) == 2:
+        from deepshrink.export.onnx import default_dynamic_axes  # a sentence encoder: any batch and length
+
+        axes = default_dynamic_axes(state.example, 1, sequence=True)
+    export_model(state.model, path, stage.format, state.example, state.policy, dynamic_axes=axes)
     return path
 
 
-def export_model(model: nn.Module, path: Path, fmt: str, example: torch.Tensor,
-                 policy: StoragePolicy | None = None) -> None:
-    """Export through ``deepshrink.export`` when installed; safetensors/deepshrink work without it."""
+def export_model(model: nn.Module, path: Path, fmt: str, example: Any,
+                 policy: StoragePolicy | None = None, *, dynamic_axes: dict[str, dict[int, str]] | None = None) -> None:
+    """Export through ``deepshrink.export`` when installed; safetensors/deepshrink work without it.
+    ``dynamic_axes`` (ONNX): default the batch axis of every input and output."""
     if fmt == "deepshrink":
         from deepshrink.recipe.models import save_model
 
@@ -302,7 +308,7 @@ def export_model(model: nn.Module, path: Path, fmt: str, example: torch.Tensor,
     except ImportError:
         _export = None
     if _export is not None:
-        _export(model, path, fmt, example_inputs=example)
+        _export(model, path, fmt, example_inputs=example, dynamic_axes=dynamic_axes)
         return
     if fmt != "safetensors":
         raise ConfigError(f"format {fmt}: deepshrink.export is not available in this installation")

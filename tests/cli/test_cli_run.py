@@ -145,6 +145,9 @@ def _bad_cases(tmp: Path) -> list[tuple[str, list[str], str, int]]:
 
     save_file({"w": torch.zeros(3)}, str(tmp / "other.safetensors"))
     (tmp / "corrupt.dsk").write_bytes(b"DSHRINK\0" + b"\0" * 80)
+    from deepshrink.models import create
+
+    deepshrink.save(create("mlp", in_features=64, hidden=[8]), tmp / "mlp.dsk")
     out = str(tmp / "out")
     return [
         ("missing recipe", ["run", str(tmp / "nope.yaml"), "--out", out], "does not exist", 2),
@@ -181,7 +184,11 @@ def _bad_cases(tmp: Path) -> list[tuple[str, list[str], str, int]]:
          "no dataset given", 1),
         ("report of no run", ["report", str(tmp / "emptydata")], "no report.json", 1),
         ("export missing", ["export", str(tmp / "nope.dsk"), "--format", "onnx"], "does not exist", 1),
-        ("export without shape", ["export", str(tmp / "corrupt.dsk"), "--format", "onnx"], "--input-shape", 1),
+        ("export without shape", ["export", str(tmp / "mlp.dsk"), "--format", "onnx"], "--input-shape", 1),
+        ("export of a wrong shape", ["export", str(tmp / "mlp.dsk"), "--format", "onnx", "--input-shape", "1,9,9",
+                                     "--out", str(tmp / "m.onnx")], "forward on the example inputs failed", 1),
+        ("export of a user model without it", ["export", str(tmp / "mlp.dsk"), "--format", "onnx", "--input-shape",
+                                               "1,8,8", "--model", "nosuchpkg.nets:build"], "cannot import", 1),
         ("export corrupt", ["export", str(tmp / "corrupt.dsk"), "--format", "safetensors"], "corrupt.dsk", 3),
     ]
 
