@@ -8,7 +8,10 @@ documentation topics not used by the evaluation, then standard-library docstring
 - head pruning (global ranking by ``head_contribution``), plain and with ``prune_heads(..., refit=True)``
   (each ``attention.output.dense`` re-solved the same way);
 - layer dropping (no distillation here: bench_minilm.py has the distilled rows);
-- optionally int8: torch's dynamic int8 Linear kernels (per-channel), FFN down-projections kept fp32.
+- optionally int8: torch's dynamic int8 Linear kernels (per-channel), FFN down-projections kept fp32 ("int8"
+  rows), or deepshrink's compiled int8 (``quantize_int8`` with SmoothQuant 0.5 + ``compile_int8`` at the fixed
+  32 x 128 shape: oneDNN int8 kernels, per-token activations, every Linear int8; "int8 compiled" rows, 8-bit
+  weight codes on VNNI CPUs, 7-bit elsewhere, or as the row says).
 Quality against the fp32 model: mean cosine of sentence embeddings and top-1 retrieval agreement (200 queries
 vs 1,000 corpus sentences from Python's documentation, disjoint from the calibration text). Speed: one
 interleaved latency run of every configuration (``compare_latency``) at batch 32 x 128 tokens, 2 threads,
@@ -35,6 +38,8 @@ from deepshrink.measure import compare_latency, count_params  # noqa: E402
 from deepshrink.measure.embedding import EmbeddingEvaluator, default_split  # noqa: E402
 from deepshrink.measure.flops import count_macs  # noqa: E402
 from deepshrink.report.tables import markdown_table  # noqa: E402
+from deepshrink.transformers.inductor import compile_int8  # noqa: E402
+from deepshrink.transformers.int8 import quantize_int8  # noqa: E402
 from deepshrink.transformers import (  # noqa: E402
     drop_layers, encode, ffn_importance, load_minilm, prune_ffn, prune_heads, quantize_linears, structure, tokenize,
 )
@@ -59,13 +64,28 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "5 layers": {"layers": [0, 1, 2, 3, 5]},
     "4 layers": {"layers": [0, 2, 3, 5]},
     "3 layers": {"layers": [0, 2, 5]},
+    "int8 compiled": {"int8c": True},
+    "int8 compiled, 7-bit weights": {"int8c": True, "bits": 7},
+    "FFN 10% + refit, int8 compiled": {"ffn": 0.10, "refit": True, "int8c": True},
+    "FFN 25% + refit, int8 compiled": {"ffn": 0.25, "refit": True, "int8c": True},
+    "heads 25% + refit, int8 compiled": {"heads": 0.25, "refit": True, "int8c": True},
+    "5 layers, int8 compiled": {"layers": [0, 1, 2, 3, 5], "int8c": True},
 }
+QUANT_KEYS = ("int8", "int8c", "bits")
 DEFAULT = [n for n in CONFIGS if "50%" not in n]  # the 50% rows are far below the quality bars
 QUICK = ["fp32", "int8", "FFN 25%", "FFN 25% + refit", "4 layers"]
 
 
+def quantize(model: torch.nn.Module, spec: dict[str, Any], calib: list, example: Any, threads: int) -> Any:
+    """The int8 form of a float row: torch dynamic int8 ("int8") or deepshrink's compiled int8 ("int8c")."""
+    if spec.get("int8c"):
+        q = quantize_int8(model, calibration=calib, smooth=0.5, weight_bits=spec.get("bits"))
+        return compile_int8(q, example, threads=threads, lengths=[example[0].shape[1]])
+    return quantize_linears(model, per_channel=True, skip=[FFN_OUT])
+
+
 def build(spec: dict[str, Any], fp32: torch.nn.Module, calib: list, scores: list[torch.Tensor],
-          ridge: float) -> torch.nn.Module:
+          ridge: float, example: Any, threads: int) -> Any:
     model = copy.deepcopy(fp32)
     if spec.get("layers"):
         drop_layers(model, spec["layers"])
@@ -74,7 +94,7 @@ def build(spec: dict[str, Any], fp32: torch.nn.Module, calib: list, scores: list
     if spec.get("ffn"):
         prune_ffn(model, spec["ffn"], calib, scores=scores, refit=bool(spec.get("refit")), ridge=ridge)
     model.eval()
-    return quantize_linears(model, per_channel=True, skip=[FFN_OUT]) if spec.get("int8") else model
+    return quantize(model, spec, calib, example, threads) if spec.get("int8") or spec.get("int8c") else model
 
 
 def pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -120,17 +140,18 @@ def main() -> None:
     for name in names:
         spec = CONFIGS[name]
         t0 = time.time()
+        quantized = bool(spec.get("int8") or spec.get("int8c"))
         float_name = next((n for n, sp in CONFIGS.items() if n in models and sp == {k: v for k, v in spec.items()
-                                                                                   if k != "int8"}), None)
+                                                                                   if k not in QUANT_KEYS}), None)
         if name == "fp32":
             model = fp32
-        elif spec.get("int8") and float_name is not None:  # the same float model, quantized
-            model = quantize_linears(models[float_name], per_channel=True, skip=[FFN_OUT])
+        elif quantized and float_name is not None:  # the same float model, quantized
+            model = quantize(models[float_name], spec, calib, example, args.threads)
         else:
-            model = build(spec, fp32, calib, scores, args.ridge)
+            model = build(spec, fp32, calib, scores, args.ridge, example, args.threads)
         built = time.time() - t0
         s = evaluator(lambda x, m=model: encode(m, tok, x))
-        float_model = model if not spec.get("int8") else None
+        float_model = model if not quantized else None
         macs = count_macs(float_model, example) if float_model is not None else None
         shape = structure(model) if float_model is not None else None
         print(f"{name}: cosine {s.mean_cosine:.4f} agreement {s.retrieval_agreement:.3f} (build {built:.0f} s)",
@@ -157,11 +178,12 @@ def main() -> None:
              f"Machine: {machine()}. Commit {git_rev()}. Command: `{command()}`.", "",
              f"Latency: batch 32 x 128 tokens, {args.threads} threads, PyTorch eager, median of "
              f"{2 if args.quick else args.rounds} interleaved rounds ({args.block} timed calls per candidate per "
-             "round, after an untimed one when above 1). Quality: {len(queries)} queries x {len(corpus)} "
+             f"round, after an untimed one when above 1). Quality: {len(queries)} queries x {len(corpus)} "
              f"corpus sentences (Python documentation) against fp32; {n_calib} calibration sentences (the first of "
              f"`training_sentences`: Python documentation topics not used by the evaluation, then standard-library "
              f"docstrings), ridge {args.ridge:g}. int8 = torch dynamic int8 Linear kernels, per-channel, FFN "
-             "down-projections fp32. No distillation: bench_minilm.py has the distilled rows. Bars (issue 7): >= 3x, "
+             "down-projections fp32; int8 compiled = quantize_int8 (SmoothQuant 0.5) + compile_int8 at the fixed "
+             "32 x 128 shape (oneDNN int8 kernels, every Linear; the embedding table stays fp32 here). No distillation: bench_minilm.py has the distilled rows. Bars (issue 7): >= 3x, "
              "cosine >= 0.99, agreement >= 0.95." + (" QUICK smoke run: not results." if args.quick else ""), "",
              markdown_table(["configuration", "median ms", "speed-up", "MACs", "params", "mean cosine", "agreement",
                              "Pareto (speed, agreement)", "build s", "structure"], table), "",
