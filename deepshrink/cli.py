@@ -7,7 +7,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from deepshrink.commands._common import EXIT_CORRUPT, EXIT_ERROR, EXIT_INTERRUPTED
+from deepshrink.commands._common import EXIT_CORRUPT, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
 from deepshrink.core.errors import DeepShrinkError
 
 EPILOG = """examples:
@@ -51,6 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`deepshrink inspect F --json | head`): stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
+        return EXIT_OK
     except DeepShrinkError as exc:
         from deepshrink.core.errors import CorruptArtifactError, UnsupportedVersionError
 

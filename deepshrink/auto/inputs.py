@@ -57,6 +57,7 @@ def prepare(model_spec: str, *, weights: str | None, data: str, out: Path, val_f
     splits = load_data(data)
     fit, val = split_train(splits.train, val_fraction, seed)
     example = splits.test.tensors[0][:1]
+    seed_everything(seed)  # the initial weights too: the same --seed trains the same baseline
     model = build()
     check_runs(model, model_spec, data, example)
     if weights is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from deepshrink.auto.search import EPS, FINAL_POLICY, AutoResult, _fingerprint, 
 from deepshrink.core.errors import ConfigError, DataError, ModelError
 from deepshrink.core.fileio import ensure_dir
 from deepshrink.measure.latency import measure_latency
+from deepshrink.models.zoo import is_user_model
 
 
 def split_train(train: Dataset, val_fraction: float = 0.2, seed: int = 0) -> tuple[Subset, Subset]:
@@ -74,7 +76,7 @@ def auto_compress(model: nn.Module, *, train: Dataset, val: Dataset, test: Datas
     save(pruned, pruned_path, StoragePolicy(coding="packed"), info={"stage": "pruned"})
     save(final, final_path, FINAL_POLICY, info={"stage": "auto", "pipeline": "auto", "bits": trial["bits"],
                                                  "plan": trial["plan"]})
-    decoded = load(final_path)
+    decoded = load(final_path, model=copy.deepcopy(search.baseline) if is_user_model(final) else None)
     eval_data = test if test is not None else val
     base = record_stage("baseline", "baseline", search.baseline, example_inputs=example_inputs,
                         eval_data=eval_data, artifact_path=base_path)

@@ -2,7 +2,7 @@
 
 A module that keeps its weights as buffers in another form (integer codes of a quantized layer) names them in a
 class attribute ``deepshrink_weight_buffers``; they count as its parameters, so quantizing never "removes"
-parameters."""
+parameters. Nor does weight sharing: a parametrized weight counts its effective elements."""
 
 from __future__ import annotations
 
@@ -68,10 +68,11 @@ class _Entry:
     name: str
     stored: tuple[torch.Tensor, ...]
     nonzeros: Callable[[], int]
+    logical: int = 0  # elements of the effective tensor when it has more than is stored (a shared codebook)
 
     @property
     def numel(self) -> int:
-        return sum(t.numel() for t in self.stored)
+        return max(self.logical, sum(t.numel() for t in self.stored))
 
 
 def _own_entries(module: nn.Module) -> Iterator[_Entry]:
@@ -84,7 +85,11 @@ def _own_entries(module: nn.Module) -> Iterator[_Entry]:
                 with torch.no_grad():
                     return int((getattr(module, pname) != 0).sum().item())
 
-            yield _Entry(pname, stored, effective)
+            # every weight of a k-means shared layer is still a parameter (its value is an index into the
+            # codebook): count the effective tensor's elements, not the k stored centroids
+            with torch.no_grad():
+                logical = getattr(module, pname).numel()
+            yield _Entry(pname, stored, effective, logical)
     for name, param in module.named_parameters(recurse=False):
         yield _Entry(name, (param,), functools.partial(_effective_nonzeros, module, name, param))
     for name in getattr(type(module), "deepshrink_weight_buffers", ()):

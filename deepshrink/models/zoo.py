@@ -199,6 +199,12 @@ def arch_record(model: nn.Module) -> dict[str, Any]:
     return user_record(model) if spec is None else spec
 
 
+def is_user_model(model: nn.Module) -> bool:
+    """Whether ``model``'s artifacts load only into a model the caller builds (not a zoo model)."""
+    spec = getattr(model, ARCH_ATTR, None)
+    return spec is None or user_model_name(spec) is not None
+
+
 def user_model_name(arch: dict[str, Any]) -> str | None:
     """What a user-model arch record names (``package.module:factory`` or a class), None for a zoo record."""
     zoo = arch.get("zoo")

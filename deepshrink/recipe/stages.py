@@ -259,11 +259,15 @@ def distill(stage: S.DistillStage, state: RunState, name: str) -> None:
 
 
 def round_small_tensors(model: nn.Module) -> None:
-    """Round 1-D float parameters (biases, codebooks) to float16 values, so an fp16 artifact reloads exactly."""
+    """Round 1-D float parameters (biases, codebooks) and batch-norm running statistics to float16 values, as
+    the artifact stores them, so the model in memory (the one the report measures) is the one that reloads."""
     with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() <= 1 and p.is_floating_point():
-                p.copy_(p.half().float())
+        small = [p for p in model.parameters() if p.dim() <= 1 and p.is_floating_point()]
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._NormBase):
+                small += [b for b in (m.running_mean, m.running_var) if b is not None and b.is_floating_point()]
+        for t in small:
+            t.copy_(t.half().float())
 
 
 def encode(stage: S.EncodeStage, state: RunState, name: str) -> None:

@@ -211,3 +211,15 @@ def test_bad_argument_is_a_usage_error(capsys: pytest.CaptureFixture) -> None:
         main(["run", "x.yaml", "--model-args", "[1, 2]"])
     assert info.value.code == 2
     assert "JSON object" in capsys.readouterr().err
+
+
+def test_a_reader_that_goes_away_is_no_error(tmp_path: Path) -> None:
+    from deepshrink.models import create
+
+    deepshrink.save(create("lenet5"), tmp_path / "m.dsk")
+    proc = subprocess.Popen([sys.executable, "-m", "deepshrink", "inspect", str(tmp_path / "m.dsk"), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    proc.stdout.close()  # as `deepshrink inspect F --json | head -0` does
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err

@@ -139,3 +139,14 @@ def test_parametrized_mask_counts_effective_weight() -> None:
     assert stats[0].type == "Linear"  # not the generated ParametrizedLinear class
     assert stats[0].params == 8 and stats[0].nonzeros == 4
     assert stats[0].weight_sparsity == pytest.approx(4 / 6)
+
+
+def test_weight_sharing_keeps_every_weight_a_parameter() -> None:
+    from deepshrink.quantize.kmeans import share_weights
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5))
+    before = count_params(model)
+    share_weights(model[0], 3)  # the layer now stores 8 centroids and an index per weight
+    assert count_params(model) == before  # was 8 + biases + the other layer: fewer "params" than non-zeros
+    assert count_nonzeros(model) <= count_params(model)

@@ -237,3 +237,18 @@ stages:
     model = result.model.eval()
     with torch.no_grad():
         assert torch.equal(reloaded.eval()(x), model(x))
+
+
+def test_float16_small_tensors_round_batch_norm_statistics_in_memory_too(tmp_path: Path, digits) -> None:
+    def build() -> nn.Module:
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+
+    torch.manual_seed(0)
+    model = build().train()
+    with torch.no_grad():
+        model(digits.train.tensors[0][:128])  # running statistics that float16 cannot hold exactly
+    res = deepshrink.compress(model.eval(), {"stages": [{"kind": "encode", "small_dtype": "float16"}]},
+                              train_data=digits.train, eval_data=digits.test, out=tmp_path / "run")
+    back = deepshrink.load(tmp_path / "run" / "00-encode.dsk", model=build())
+    x = digits.test.tensors[0][:32]
+    assert torch.equal(back(x), res.model.eval()(x))  # the measured model is the stored one
