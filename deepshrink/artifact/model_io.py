@@ -189,6 +189,32 @@ def _rebuild(zoo: str, kwargs: dict[str, Any], where: str) -> nn.Module:
         raise CorruptArtifactError(f"{where}: cannot rebuild architecture: {reason}") from None
 
 
+def _replay_structure(model: nn.Module, arch: dict[str, Any], where: str) -> nn.Module:
+    """Apply the recorded substitutions (factorized / tied / hashed layers, ``deepshrink.factorize``) and layer
+    sizes (structured pruning) to a freshly built model, in the order they happened: the sizes were recorded
+    after the first ``resized_at`` substitutions (all of them in artifacts written before that key existed)."""
+    transforms = arch.get("transforms") or []
+    if not isinstance(transforms, list):
+        raise CorruptArtifactError(f"{where}: cannot replay architecture transforms: arch transforms must be a list")
+    at = arch.get("resized_at", len(transforms)) if arch.get("resized") else len(transforms)
+    if isinstance(at, bool) or not isinstance(at, int) or not 0 <= at <= len(transforms):
+        raise CorruptArtifactError(f"{where}: resized_at must be an integer in 0..{len(transforms)}, got {at!r}")
+    from deepshrink.factorize import replay_transforms
+    from deepshrink.prune.resize import apply_resized
+
+    for part, sizes in ((transforms[:at], arch.get("resized")), (transforms[at:], None)):
+        try:
+            model = replay_transforms(model, part)
+        except DeepShrinkError as exc:
+            raise CorruptArtifactError(f"{where}: cannot replay architecture transforms: {exc}") from None
+        if sizes:  # structurally pruned layers (deepshrink.prune), re-allocated at recorded sizes
+            try:
+                model = apply_resized(model, sizes)
+            except DeepShrinkError as exc:
+                raise CorruptArtifactError(f"{where}: cannot resize pruned layers: {exc}") from None
+    return model
+
+
 def load(path: str | os.PathLike[str], model: nn.Module | None = None) -> nn.Module:
     """Rebuild a plain ``nn.Module`` (eval mode) from an artifact; no code in the file is executed.
 
@@ -217,20 +243,7 @@ def load(path: str | os.PathLike[str], model: nn.Module | None = None) -> nn.Mod
         if arch["zoo"] not in MODELS:
             raise CorruptArtifactError(f"{where}: unknown architecture {arch['zoo']!r}")
         model = _rebuild(arch["zoo"], arch.get("kwargs", {}), where)
-    if arch.get("transforms"):  # factorized / tied / hashed layers (deepshrink.factorize), replayed by shape
-        from deepshrink.factorize import replay_transforms
-
-        try:
-            model = replay_transforms(model, arch["transforms"])
-        except DeepShrinkError as exc:
-            raise CorruptArtifactError(f"{where}: cannot replay architecture transforms: {exc}") from None
-    if arch.get("resized"):  # structurally pruned layers (deepshrink.prune), re-allocated at recorded sizes
-        from deepshrink.prune.resize import apply_resized
-
-        try:
-            model = apply_resized(model, arch["resized"])
-        except DeepShrinkError as exc:
-            raise CorruptArtifactError(f"{where}: cannot resize pruned layers: {exc}") from None
+    model = _replay_structure(model, arch, where)
     expected = model.state_dict()
     stored = meta.get("tensors")
     if not isinstance(stored, dict) or set(stored) != set(expected):

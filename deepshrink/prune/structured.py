@@ -242,7 +242,9 @@ def structured_with_report(
         report.skipped.setdefault(reason.split(":")[0], reason)
     report.skipped.update({k: v for k, v in graph.notes.items() if k not in report.skipped})
     report.params_after = sum(p.numel() for p in pruned.parameters())
-    setattr(pruned, ARCH_ATTR, {**arch_record(model), "resized": record_resized(pruned)})
+    spec = arch_record(model)  # the sizes hold after the substitutions recorded so far (factorize can follow)
+    setattr(pruned, ARCH_ATTR, {**spec, "resized": record_resized(pruned),
+                                "resized_at": len(spec.get("transforms", []))})
     was_training = model.training
     try:
         with torch.no_grad():

@@ -82,3 +82,18 @@ def test_a_loaded_structurally_pruned_zoo_model_saves_again_and_reloads(tmp_path
     deepshrink.save(first, tmp_path / "b.dsk")  # lost its resized layers' record before: b.dsk did not load
     second = deepshrink.load(tmp_path / "b.dsk")
     assert torch.equal(second(x), pruned(x))
+
+
+@pytest.mark.parametrize("steps", [("prune", "factorize"), ("factorize", "prune"), ("prune", "factorize", "prune")])
+def test_structured_pruning_and_factorization_replay_in_the_order_they_happened(tmp_path, steps):
+    x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(0)
+    model = create("lenet300").eval()
+    for i, step in enumerate(steps):
+        if step == "prune":
+            model = structured(model, x[:1], ratio=0.3)
+        else:
+            factorize(model, {"fc1": FactorSpec(rank=8)})
+    deepshrink.save(model, tmp_path / f"m{i}.dsk")
+    back = deepshrink.load(tmp_path / f"m{i}.dsk")
+    assert torch.equal(back(x), model(x))
