@@ -216,6 +216,38 @@ def decode_tensor(meta: dict[str, Any], shape: tuple[int, ...], blobs: dict[str,
     raise CorruptArtifactError(f"{where}: unknown tensor encoding {enc!r}")
 
 
+def decode_codebook(meta: dict[str, Any], shape: tuple[int, ...], blobs: dict[str, bytes],
+                    where: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(codebook, assign)`` of a shared-weight tensor exactly as stored (every centroid, used or not;
+    ``assign == k`` where the weight is zero), or None when the tensor is not stored with a codebook."""
+    n = math.prod(shape)
+    try:
+        if meta.get("enc") == "codebook":
+            k, alpha = int(meta["k"]), int(meta["alpha"])
+            codebook = _from_raw(_blob(blobs, meta["cblob"], where), "float32", k, where)
+            if not 1 <= alpha <= k + 1:
+                raise CorruptArtifactError(f"{where}: codebook alphabet {alpha} exceeds {k} ids + 1")
+            ids = decode_stream(_blob(blobs, meta["vblob"], where), meta["vcode"], alpha, n, where)
+            return codebook, torch.from_numpy(ids.astype(np.int64)).view(shape)
+        if meta.get("enc") == "sparse" and meta.get("vkind") == "codebook":
+            k, bits, nnz = int(meta["k"]), int(meta["ibits"]), int(meta["nnz"])
+            if not 1 <= bits <= 16 or not 0 <= nnz <= n:
+                raise CorruptArtifactError(f"{where}: index bits {bits} or non-zeros {nnz} out of range")
+            codebook = _from_raw(_blob(blobs, meta["cblob"], where), "float32", k, where)
+            symbols = decode_stream(_blob(blobs, meta["iblob"], where), meta["icode"], 2**bits, int(meta["nidx"]),
+                                    where)
+            positions = sparse.decode_positions(symbols, n, bits)
+            if positions.size != nnz:
+                raise CorruptArtifactError(f"{where}: index stream gives {positions.size} non-zeros, metadata says {nnz}")
+            assign = torch.full((n,), k, dtype=torch.int64)
+            assign[torch.from_numpy(positions)] = torch.from_numpy(
+                decode_stream(_blob(blobs, meta["vblob"], where), meta["vcode"], k, nnz, where).astype(np.int64))
+            return codebook, assign.view(shape)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptArtifactError(f"{where}: malformed tensor metadata ({exc})") from None
+    return None
+
+
 def _decode_sparse(meta: dict[str, Any], shape: tuple[int, ...], n: int, blobs: dict[str, bytes],
                    where: str) -> torch.Tensor:
     bits, nnz = int(meta["ibits"]), int(meta["nnz"])

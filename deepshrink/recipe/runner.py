@@ -3,7 +3,8 @@
 With an output folder every completed stage is recorded in ``DIR/state.json`` (written atomically after
 the stage's artifact), trainer checkpoints live in ``DIR/checkpoints``, and running the same recipe on
 the same model and data again resumes: completed stages are skipped and the last artifact is reloaded
-(pruning masks and shared codebooks re-attached from it). ``report.json/.md/.html`` are written last.
+(pruning masks and shared codebooks re-attached from it; an unfinished run whose model carried quantizers
+resumes from the stage before the first quantizing stage). ``report.json/.md/.html`` are written last.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from deepshrink.core.fileio import atomic_write_text, ensure_dir
 from deepshrink.recipe import schema as S
 from deepshrink.recipe import stages as ops
 from deepshrink.recipe.loader import LineMap, recipe_to_dict
-from deepshrink.recipe.models import check_runs, load_model, load_weights, model_factory, save_model
+from deepshrink.recipe.models import check_runs, has_quantizers, load_model, load_weights, model_factory, save_model
 from deepshrink.recipe.text_stages import EmbeddingScorer, calibration_needed
 from deepshrink.train import seed_everything
 
@@ -94,8 +95,9 @@ def _where(index: int, stage: Any, lines: LineMap | None, source: str | None) ->
     return f"{head}stage {index} ({stage.kind})"
 
 
-def _attachments(model: nn.Module) -> dict[str, list[str]]:
-    """Layers whose weight carries a pruning mask or a shared codebook (re-attached on resume)."""
+def _attachments(model: nn.Module) -> dict[str, Any]:
+    """Layers whose weight carries a pruning mask or a shared codebook (re-attached on resume), and whether
+    the model carries quantizers (not restorable from the artifact: a resume re-runs from that stage)."""
     from deepshrink.prune.masks import get_mask
     from deepshrink.quantize.kmeans import shared_codebook
 
@@ -110,13 +112,16 @@ def _attachments(model: nn.Module) -> dict[str, list[str]]:
                 shared.append(name)
         except (AttributeError, KeyError):
             continue
-    return {"masked": masked, "shared": shared}
+    return {"masked": masked, "shared": shared, "quantized": has_quantizers(model)}
 
 
-def _reattach(model: nn.Module, attached: dict[str, list[str]]) -> None:
-    """Masks from the zeros of each masked layer; exact codebooks from each shared layer's distinct values."""
+def _reattach(model: nn.Module, attached: dict[str, Any], artifact: Path) -> None:
+    """Masks from the zeros of each masked layer; each shared layer's codebook and assignments exactly as the
+    artifact stores them (every centroid, used or not), else from its distinct values."""
     from torch.nn.utils import parametrize
 
+    from deepshrink.artifact.tensors import decode_codebook
+    from deepshrink.codec import container
     from deepshrink.prune.masks import set_mask
     from deepshrink.quantize.kmeans import SharedCodebook
 
@@ -124,17 +129,36 @@ def _reattach(model: nn.Module, attached: dict[str, list[str]]) -> None:
     for name in attached.get("masked", []):
         if name in modules:
             set_mask(modules[name], (modules[name].weight.detach() != 0).float())
-    for name in attached.get("shared", []):
-        if name not in modules:
-            continue
+    shared = [n for n in attached.get("shared", []) if n in modules]
+    box = container.read_container(artifact) if shared else None
+    for name in shared:
         module = modules[name]
         w = module.weight.detach()
-        values = torch.unique(w[w != 0])
-        assign = torch.full(w.shape, values.numel(), dtype=torch.long)
-        nz = w != 0
-        assign[nz] = torch.searchsorted(values, w[nz])
-        codebook = values.float() if values.numel() else torch.zeros(1)
+        meta = box.meta.get("tensors", {}).get(f"{name}.weight") if isinstance(box.meta, dict) else None
+        stored = decode_codebook(meta, tuple(w.shape), box.blobs, f"{artifact}: {name}.weight") \
+            if isinstance(meta, dict) else None
+        if stored is not None:
+            codebook, assign = stored
+        else:
+            values = torch.unique(w[w != 0])
+            assign = torch.full(w.shape, values.numel(), dtype=torch.long)
+            nz = w != 0
+            assign[nz] = torch.searchsorted(values, w[nz])
+            codebook = values.float() if values.numel() else torch.zeros(1)
         parametrize.register_parametrization(module, "weight", SharedCodebook(assign, codebook), unsafe=True)
+
+
+def _restorable(names: list[str], done: dict[str, Any]) -> dict[str, Any] | None:
+    """On an unfinished run, drop from ``done`` every stage from the first whose model carried quantizers
+    (integer codes, fake quantizers, activation quantizers: the artifact keeps their values, not the modules
+    a later training stage trains through), so they run again; return the last stage left to resume from."""
+    if all(n in done for n in names):
+        return next((done[n] for n in reversed(names) if n in done), None)
+    first = next((i for i, n in enumerate(names) if done.get(n, {}).get("attached", {}).get("quantized")), None)
+    if first is not None:
+        for n in names[first:]:
+            done.pop(n, None)
+    return next((done[n] for n in reversed(names) if n in done), None)
 
 
 class _Run:
@@ -329,10 +353,7 @@ def _execute(run: _Run, state: ops.RunState, folder: Path, names: list[str], spl
 
     n_base = S.baseline_stage_count(recipe)  # index of the first compression stage
     done = run.state["stages"]
-    last = None
-    for i, name in enumerate(names):
-        if name in done:
-            last = done[name]
+    last = _restorable(names, done)
     resumed = [n for n in names if n in done]
     if scorer is not None:
         state.notes.append(scorer.note)
@@ -341,7 +362,7 @@ def _execute(run: _Run, state: ops.RunState, folder: Path, names: list[str], spl
             scorer.reference_loader = lambda: load_model(base_path, state.factory)
     if last is not None:  # resume from the last completed stage's artifact
         state.model = load_model(folder / last["resume_artifact"], state.factory)
-        _reattach(state.model, last.get("attached", {}))
+        _reattach(state.model, last.get("attached", {}), folder / last["resume_artifact"])
         for i, stage in enumerate(recipe.stages):
             if names[i] in done and isinstance(stage, S.EncodeStage):
                 ops.encode(stage, state, names[i])  # restores the storage policy (rounding is idempotent)

@@ -252,3 +252,62 @@ def test_float16_small_tensors_round_batch_norm_statistics_in_memory_too(tmp_pat
     back = deepshrink.load(tmp_path / "run" / "00-encode.dsk", model=build())
     x = digits.test.tensors[0][:32]
     assert torch.equal(back(x), res.model.eval()(x))  # the measured model is the stored one
+
+
+def _interrupt_after(out: Path, stage: str) -> None:
+    """Make ``out`` look like a run stopped right after ``stage`` completed (its later stages not done)."""
+    state = json.loads((out / "state.json").read_text())
+    last = state["stages"][stage]["index"]
+    for name in [n for n, entry in state["stages"].items() if entry["index"] > last]:
+        del state["stages"][name]
+    state["complete"] = False
+    (out / "state.json").write_text(json.dumps(state))
+
+
+def test_a_run_stopped_after_quantizing_resumes_through_the_quantizers(tmp_path: Path, digits) -> None:
+    recipe, _ = _recipe("""  - kind: quantize
+    scheme: int
+    bits: 4
+  - kind: finetune
+    name: tune
+    epochs: 1
+    optimizer: adam
+    lr: 0.0003
+  - kind: encode
+""")
+    out = tmp_path / "run"
+    full = run_recipe(recipe, data=digits, out=out)
+    _interrupt_after(out, "quantize")
+    again = run_recipe(recipe, data=digits, out=out)
+    assert again.resumed == ["finetune-1"]  # the quantize stage runs again: its quantizers are not in the artifact
+    for a, b in zip(full.report["stages"], again.report["stages"]):
+        assert (a["name"], a["accuracy"], a["artifact_bytes"]) == (b["name"], b["accuracy"], b["artifact_bytes"])
+
+
+def test_a_run_stopped_after_clustering_resumes_with_every_centroid(tmp_path: Path, digits) -> None:
+    recipe, _ = _recipe("""  - kind: prune
+    sparsity: 0.9
+  - kind: cluster
+    bits: 4
+  - kind: finetune
+    name: tune
+    epochs: 1
+    optimizer: adam
+    lr: 0.0003
+  - kind: encode
+""")
+
+    def codebooks(model: nn.Module) -> list[tuple[int, int]]:
+        """(centroids, centroids in use) per shared layer."""
+        return [(m.parametrizations.weight.original.numel(), int(m.parametrizations.weight[0].assign.unique().numel()))
+                for m in model.modules() if hasattr(m, "parametrizations")]
+
+    out = tmp_path / "run"
+    full = run_recipe(recipe, data=digits, out=out)
+    assert any(used <= k for k, used in codebooks(full.model))  # a centroid with no weight (id k is "zero")
+    _interrupt_after(out, "cluster")
+    again = run_recipe(recipe, data=digits, out=out)
+    assert again.resumed == ["finetune-1", "prune", "cluster"]
+    assert codebooks(again.model) == codebooks(full.model)
+    for a, b in zip(full.report["stages"], again.report["stages"]):
+        assert (a["name"], a["accuracy"], a["artifact_bytes"]) == (b["name"], b["accuracy"], b["artifact_bytes"])
