@@ -264,24 +264,32 @@ def _interrupt_after(out: Path, stage: str) -> None:
     (out / "state.json").write_text(json.dumps(state))
 
 
-def test_a_run_stopped_after_quantizing_resumes_through_the_quantizers(tmp_path: Path, digits) -> None:
-    recipe, _ = _recipe("""  - kind: quantize
-    scheme: int
-    bits: 4
-  - kind: finetune
+# a training stage after the one the run stops at, then encode
+TUNE_ENCODE = """  - kind: finetune
     name: tune
     epochs: 1
     optimizer: adam
     lr: 0.0003
   - kind: encode
-""")
+"""
+
+
+def _same_stages(a: dict, b: dict) -> None:
+    for x, y in zip(a["stages"], b["stages"], strict=True):
+        assert (x["name"], x["accuracy"], x["artifact_bytes"]) == (y["name"], y["accuracy"], y["artifact_bytes"])
+
+
+def test_a_run_stopped_after_quantizing_resumes_through_the_quantizers(tmp_path: Path, digits) -> None:
+    recipe, _ = _recipe("""  - kind: quantize
+    scheme: int
+    bits: 4
+""" + TUNE_ENCODE)
     out = tmp_path / "run"
     full = run_recipe(recipe, data=digits, out=out)
     _interrupt_after(out, "quantize")
     again = run_recipe(recipe, data=digits, out=out)
     assert again.resumed == ["finetune-1"]  # the quantize stage runs again: its quantizers are not in the artifact
-    for a, b in zip(full.report["stages"], again.report["stages"]):
-        assert (a["name"], a["accuracy"], a["artifact_bytes"]) == (b["name"], b["accuracy"], b["artifact_bytes"])
+    _same_stages(full.report, again.report)
 
 
 def test_a_run_stopped_after_clustering_resumes_with_every_centroid(tmp_path: Path, digits) -> None:
@@ -289,13 +297,7 @@ def test_a_run_stopped_after_clustering_resumes_with_every_centroid(tmp_path: Pa
     sparsity: 0.9
   - kind: cluster
     bits: 4
-  - kind: finetune
-    name: tune
-    epochs: 1
-    optimizer: adam
-    lr: 0.0003
-  - kind: encode
-""")
+""" + TUNE_ENCODE)
 
     def codebooks(model: nn.Module) -> list[tuple[int, int]]:
         """(centroids, centroids in use) per shared layer."""
@@ -309,5 +311,4 @@ def test_a_run_stopped_after_clustering_resumes_with_every_centroid(tmp_path: Pa
     again = run_recipe(recipe, data=digits, out=out)
     assert again.resumed == ["finetune-1", "prune", "cluster"]
     assert codebooks(again.model) == codebooks(full.model)
-    for a, b in zip(full.report["stages"], again.report["stages"]):
-        assert (a["name"], a["accuracy"], a["artifact_bytes"]) == (b["name"], b["accuracy"], b["artifact_bytes"])
+    _same_stages(full.report, again.report)
