@@ -312,9 +312,10 @@ def _restore_rng(state: dict, ctx: DistContext | None, device: torch.device) -> 
     """Put back the RNG states a checkpoint recorded (each rank its own when the world size matches)."""
     ranks = state.get("torch_rng_ranks")
     if ctx is not None and ranks is not None and ranks.shape[0] == ctx.world_size:
-        torch.set_rng_state(ranks[ctx.rank].cpu())
+        # a copy: a row of the stacked states is a view at an offset, which set_rng_state misreads (SIGSEGV)
+        torch.set_rng_state(ranks[ctx.rank].cpu().clone())
     else:
-        torch.set_rng_state(state["torch_rng"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu().clone())
     if "python_rng" in state:
         version, internal, gauss = state["python_rng"]
         random.setstate((version, tuple(internal), gauss))

@@ -106,3 +106,19 @@ def test_optimizer_is_multi_tensor_and_bit_identical_to_the_per_parameter_loop(o
         _, want = run(lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-3, foreach=False))
     assert ours.param_groups[0]["foreach"] is True
     assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_a_rank_restores_its_own_random_state_from_a_checkpoint_row() -> None:
+    from deepshrink.train.distributed import DistContext
+    from deepshrink.train.trainer import _restore_rng
+
+    states = []
+    for seed in (11, 22):
+        torch.manual_seed(seed)
+        states.append(torch.get_rng_state())
+    torch.manual_seed(22)
+    expected = torch.rand(4)
+    ctx = DistContext(rank=1, world_size=2, local_rank=1, backend="gloo")
+    # rank 1's row is a view at an offset: set_rng_state read it wrongly and crashed the process (SIGSEGV)
+    _restore_rng({"torch_rng_ranks": torch.stack(states), "torch_rng": states[0]}, ctx, torch.device("cpu"))
+    assert torch.equal(torch.rand(4), expected)
