@@ -304,9 +304,15 @@ def _preflight(recipe: S.Recipe, model: nn.Module, lines: LineMap | None, source
         from deepshrink.transformers.model import bert_layers
 
         bert_layers(model)
+        quantized = None  # index of the first int8 quantize stage: structured pruning must come before it
         for i, stage in enumerate(recipe.stages):
             try:
                 check_text_stage(stage)
+                if isinstance(stage, S.QuantizeStage) and stage.scheme == "int8_per_token" and quantized is None:
+                    quantized = i
+                if isinstance(stage, S.PruneStage) and quantized is not None:
+                    raise ConfigError(f"method {stage.method} prunes float Linear layers, and stage {quantized} "
+                                      "made them int8: put the prune stage before the quantize stage")
                 if calibration_needed(stage) > len(text.train):
                     raise ConfigError(f"calibration: {calibration_needed(stage)} sentences asked, text dataset "
                                       f"{text.name!r} has {len(text.train)}")

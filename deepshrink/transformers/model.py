@@ -288,6 +288,10 @@ def encode(model: Any, tokenizer: Any, sentences: list[str], *, batch_size: int 
     (``progress``: the bar, as ``deepshrink.core.progress.track``)."""
     from deepshrink.core.progress import track
 
+    if isinstance(sentences, str) or not all(isinstance(x, str) for x in sentences):
+        raise DataError("encode: sentences must be a list of strings")
+    if not sentences:
+        raise DataError("encode: no sentences to embed")
     outs = []
     starts = range(0, len(sentences), batch_size)
     for start in track(starts, "encoding", total=len(starts), enabled=progress):

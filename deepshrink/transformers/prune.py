@@ -215,6 +215,16 @@ class PruneResult:
     ffn: list[int]
 
 
+def _check_float(encoder: nn.Module, what: str) -> None:
+    """ModelError when the encoder's Linear layers are already int8 codes: prune first, then quantize."""
+    from deepshrink.transformers.int8 import int8_linear_names
+
+    held = int8_linear_names(encoder) if isinstance(encoder, nn.Module) else []
+    if held:
+        raise ModelError(f"cannot prune {what} of an int8 encoder ({held[0]} holds int8 codes): prune the float "
+                         "model first, then quantize")
+
+
 def prune_heads(encoder: nn.Module, ratio: float, batches: Batches | None = None, *,
                 scores: list[torch.Tensor] | None = None, scope: str = "global",
                 method: str = "contribution", refit: bool = False, ridge: float = 1e-4) -> list[list[int]]:
@@ -227,6 +237,7 @@ def prune_heads(encoder: nn.Module, ratio: float, batches: Batches | None = None
     """
     import copy
 
+    _check_float(encoder, "heads")
     if method not in ("contribution", "ablation"):
         raise ConfigError(f"head importance method must be 'contribution' or 'ablation', got {method!r}")
     if not isinstance(refit, bool):
@@ -273,6 +284,8 @@ def prune_ffn(encoder: nn.Module, ratio: float, batches: Batches | None = None, 
 
     from deepshrink.transformers.model import bert_layers
     from deepshrink.transformers.refit import check_refit_inputs, refit_ffn_outputs
+
+    _check_float(encoder, "FFN neurons")
 
     if not isinstance(refit, bool):
         raise ConfigError(f"refit must be True or False, got {refit!r}")

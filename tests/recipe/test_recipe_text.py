@@ -282,3 +282,10 @@ def test_model_that_cannot_take_the_data_fails_in_one_line_before_any_file(tmp_p
     with pytest.raises(ModelError, match="is a sentence encoder"):
         prepare("deepshrink.transformers.model:build_encoder", weights=None, data="digits", out=tmp_path / "a",
                 model_args=dict(TINY))
+
+
+def test_pruning_after_int8_is_refused_before_any_work(text: TextSplits, tmp_path: Path) -> None:
+    recipe = _recipe("  - kind: quantize\n    scheme: int8_per_token\n" + FFN)
+    with pytest.raises(StageError, match="stage 1 \\(prune\\).*before the quantize stage"):
+        run_recipe(recipe, model=_tiny(), data=text, out=tmp_path / "never")
+    assert not (tmp_path / "never").exists()

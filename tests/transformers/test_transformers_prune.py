@@ -93,3 +93,25 @@ def test_distillation_recovers_a_dropped_layer(tiny, tokenizer, sentences) -> No
     assert after > before and not student.training
     with pytest.raises(ConfigError, match="layer_map"):
         distill(student, tiny, tokenizer, sentences, layer_map=[7])
+
+
+@pytest.mark.parametrize("what", ["heads", "ffn"])
+def test_pruning_an_int8_encoder_is_a_clear_error_and_changes_nothing(tiny, what):
+    from deepshrink.core.errors import ModelError
+    from deepshrink.transformers import prune_ffn, prune_heads
+    from deepshrink.transformers.int8 import quantize_int8
+
+    q = quantize_int8(tiny, weight_bits=8)
+    before = {k: v.clone() for k, v in q.state_dict().items()}
+    with pytest.raises(ModelError, match="int8 encoder.*prune the float model first"):
+        (prune_heads if what == "heads" else prune_ffn)(q, 0.5)
+    assert all(torch.equal(before[k], v) for k, v in q.state_dict().items())
+
+
+@pytest.mark.parametrize("sentences", [[], "one sentence", ["ok", 3]])
+def test_encode_refuses_what_is_not_a_list_of_sentences(tiny, tokenizer, sentences):
+    from deepshrink.core.errors import DataError
+    from deepshrink.transformers import encode
+
+    with pytest.raises(DataError, match="encode:"):
+        encode(tiny, tokenizer, sentences)
