@@ -130,21 +130,32 @@ def fp32_bytes(model: nn.Module) -> int:
     return 4 * count_params(model)
 
 
+def weight_codes(module: nn.Module) -> torch.Tensor | None:
+    """The integer weight codes of a layer that stores its weight as codes (``deepshrink_weight_buffers``
+    names ``codes``: int8 Linear and embedding layers), else None."""
+    if "codes" not in getattr(type(module), "deepshrink_weight_buffers", ()):
+        return None
+    codes = module._buffers.get("codes")
+    return codes if isinstance(codes, torch.Tensor) else None
+
+
 def layer_stats(model: nn.Module) -> list[LayerStats]:
-    """One ``LayerStats`` per module with a tensor ``weight``, in ``named_modules`` order."""
+    """One ``LayerStats`` per module with a tensor ``weight`` or weight ``codes``, in ``named_modules`` order."""
     _check_module(model)
     stats: list[LayerStats] = []
     for mod_name, module in model.named_modules():
         weight = getattr(module, "weight", None)
         if not isinstance(weight, torch.Tensor):
-            continue
+            weight = weight_codes(module)
+            if weight is None:
+                continue
         params = nonzeros = 0
         weight_params = weight_nonzeros = 0
         for entry in _own_entries(module):
             nz = entry.nonzeros()
             params += entry.numel
             nonzeros += nz
-            if entry.name in ("weight", "weight_orig"):
+            if entry.name in ("weight", "weight_orig", "codes"):
                 weight_params, weight_nonzeros = entry.numel, nz
         stats.append(
             LayerStats(

@@ -322,7 +322,16 @@ def _preflight(recipe: S.Recipe, model: nn.Module, lines: LineMap | None, source
     arch = getattr(model, "_deepshrink_arch", None)
     if isinstance(arch, dict) and arch.get("zoo") == "hf_bert":
         raise ModelError(f"{type(model).__name__} is a sentence encoder: use a text dataset (--data pydocs)")
+    masked = None  # the first stage that leaves pruning masks on the weights
     for i, stage in enumerate(recipe.stages):
+        if isinstance(stage, S.PruneStage) and stage.method in ("magnitude", "unstructured") and masked is None:
+            masked = i
+        if isinstance(stage, S.ClusterStage):
+            masked = None  # clustering bakes the masks in
+        if isinstance(stage, S.QuantizeStage) and stage.scheme == "kmeans" and masked is not None:
+            raise StageError(f"{_where(i, stage, lines, source)}: scheme kmeans needs plain weights, and stage "
+                             f"{masked} left pruning masks on them: use kind: cluster, k-means that keeps pruned "
+                             "weights at zero")
         if _text_only(stage):
             raise StageError(f"{_where(i, stage, lines, source)}: needs a text dataset (e.g. --data pydocs) and a "
                              "BERT-family sentence encoder (e.g. --model minilm)")

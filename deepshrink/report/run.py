@@ -24,7 +24,7 @@ from torch.nn.utils import parametrize
 from deepshrink.core.errors import ConfigError, ModelError
 from deepshrink.core.fileio import atomic_write_bytes, atomic_write_text, ensure_dir
 from deepshrink.measure.accuracy import evaluate
-from deepshrink.measure.count import count_nonzeros, count_params, layer_stats
+from deepshrink.measure.count import count_nonzeros, count_params, layer_stats, weight_codes
 from deepshrink.measure.flops import count_macs
 from deepshrink.measure.latency import measure_latency
 from deepshrink.measure.size import file_bytes
@@ -41,7 +41,12 @@ def _dtype_bits(t: torch.Tensor) -> int:
 
 
 def _module_bits(module: nn.Module, weight: torch.Tensor) -> int:
-    """Bits per stored weight value: quantizer bits, shared-codebook index bits, else the dtype's width."""
+    """Bits per stored weight value: quantizer bits, shared-codebook index bits, a code-storing layer's code
+    width, else the dtype's width."""
+    codes = weight_codes(module)
+    if codes is not None:
+        bits = getattr(module, "bits", None)
+        return bits if isinstance(bits, int) and not isinstance(bits, bool) else _dtype_bits(codes)
     if parametrize.is_parametrized(module, "weight"):
         for p in reversed(list(module.parametrizations["weight"])):
             bits = getattr(p, "bits", None)
@@ -96,8 +101,10 @@ def _layers(model: nn.Module, artifact_path: str | os.PathLike[str] | None) -> t
     rows, hists = [], {}
     for st in layer_stats(model):
         module = modules[st.name]
-        weight = module.weight
-        bits = stored.get(f"{st.name}.weight", _module_bits(module, weight))
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.Tensor):  # int8 codes: the dequantized weight they stand for
+            weight = module.weight_float() if hasattr(module, "weight_float") else weight_codes(module).float()
+        bits = stored.get(f"{st.name}.weight", stored.get(f"{st.name}.codes", _module_bits(module, weight)))
         with torch.no_grad():  # the effective weight (masked, shared or dequantized), counted directly
             numel, nz = weight.numel(), int((weight != 0).sum().item())
             hists[st.name] = weight_histogram(weight)

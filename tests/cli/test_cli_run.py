@@ -158,6 +158,9 @@ def _bad_cases(tmp: Path) -> list[tuple[str, list[str], str, int]]:
          "n.yaml:12: stage 1 (prune): sparsity", 2),
         ("bits 0", ["run", swap("bits: 4", "bits: 0", "b0.yaml"), "--out", out], "b0.yaml:14: stage 2 (cluster): bits", 2),
         ("bits 9", ["run", swap("bits: 4", "bits: 9", "b9.yaml"), "--out", out], "stage 2 (cluster): bits", 2),
+        ("k-means on masked weights", ["run", swap("kind: cluster\n    bits: 4", "kind: quantize\n    scheme: kmeans\n"
+                                                   "    bits: 4", "km.yaml"), "--out", out],
+         "stage 2 (quantize): scheme kmeans needs plain weights", 1),
         ("sparsity 1.5", ["run", swap("sparsity: 0.7", "sparsity: 1.5", "s.yaml"), "--out", out], "sparsity", 2),
         ("unknown key", ["run", swap("bits: 4", "bitz: 4", "u.yaml"), "--out", out], "bitz: unknown key", 2),
         ("wrong type", ["run", swap("epochs: 2", "epochs: two", "t.yaml"), "--out", out], "epochs", 2),

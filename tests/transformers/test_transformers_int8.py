@@ -213,3 +213,18 @@ def test_int8_model_counts_the_same_parameters(tiny: torch.nn.Module) -> None:
     # every Linear weight and bias and the embedding table are still there, as integer codes
     assert count_params(q) == before
     assert 0 < count_nonzeros(q) <= before
+
+
+def test_run_reports_list_int8_layers_with_their_code_width(tiny, tmp_path):
+    import deepshrink
+    from deepshrink.report.run import record_stage
+    from deepshrink.transformers import compress_embedding
+
+    q = compress_embedding(quantize_int8(tiny, weight_bits=7), "int8")
+    deepshrink.save(q, tmp_path / "q.dsk")
+    ids = torch.randint(0, 1000, (2, 8))
+    rec = record_stage("quantize", "quantize", q, example_inputs=(ids, torch.ones_like(ids)),
+                       artifact_path=tmp_path / "q.dsk", latency=False)
+    bits = {row["name"]: row["bits"] for row in rec["layers"]}
+    assert all(bits[name] == 7 for name in int8_linear_names(q))  # these rows were missing
+    assert bits["bert.embeddings.word_embeddings"] == 8  # was reported as 32
