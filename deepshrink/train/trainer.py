@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from deepshrink.core.devices import handed_back
-from deepshrink.core.errors import ConfigError, DeepShrinkError
+from deepshrink.core.errors import ConfigError, DataError, DeepShrinkError
 from deepshrink.core.fileio import atomic_writer
 from deepshrink.core.guards import check_gradients, check_weights
 from deepshrink.core.progress import track
@@ -175,7 +175,13 @@ class Trainer:
                             enabled=show)
             for x, y in batches:
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                loss = self.loss_fn(net, x, y)
+                try:
+                    loss = self.loss_fn(net, x, y)
+                except IndexError as exc:  # cross-entropy's "Target 12 is out of bounds"
+                    if "out of bounds" not in str(exc) or y.dtype not in (torch.int64, torch.int32):
+                        raise
+                    raise DataError(f"{self.description}: label {int(y.max())} in the training data is out of range "
+                                    f"for the model's outputs ({str(exc).splitlines()[0]})") from None
                 opt.zero_grad(set_to_none=True)
                 if ctx is None:
                     step_loss = float(loss.detach())

@@ -122,3 +122,12 @@ def test_a_rank_restores_its_own_random_state_from_a_checkpoint_row() -> None:
     # rank 1's row is a view at an offset: set_rng_state read it wrongly and crashed the process (SIGSEGV)
     _restore_rng({"torch_rng_ranks": torch.stack(states), "torch_rng": states[0]}, ctx, torch.device("cpu"))
     assert torch.equal(torch.rand(4), expected)
+
+
+def test_a_label_the_model_cannot_output_is_one_clear_error() -> None:
+    from deepshrink.core.errors import DataError
+
+    model = torch.nn.Linear(4, 3)
+    data = TensorDataset(torch.randn(8, 4), torch.tensor([0, 1, 2, 5, 0, 1, 2, 0]))
+    with pytest.raises(DataError, match="label 5 in the training data is out of range"):
+        Trainer(model, TrainConfig(epochs=1, batch_size=8), progress=False).fit(data)
