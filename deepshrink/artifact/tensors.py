@@ -194,15 +194,10 @@ def decode_tensor(meta: dict[str, Any], shape: tuple[int, ...], blobs: dict[str,
         enc = meta["enc"]
         if enc == "dense":
             return _from_raw(_blob(blobs, meta["blob"], where), meta["dtype"], n, where).view(shape)
-        if enc == "codebook":
-            codebook = _from_raw(_blob(blobs, meta["cblob"], where), "float32", int(meta["k"]), where)
-            alpha = int(meta["alpha"])
-            if not 1 <= alpha <= codebook.numel() + 1:  # ids index codebook + one zero slot
-                raise CorruptArtifactError(
-                    f"{where}: codebook alphabet {alpha} exceeds {codebook.numel()} ids + 1")
-            ids = decode_stream(_blob(blobs, meta["vblob"], where), meta["vcode"], alpha, n, where)
-            table = torch.cat([codebook, codebook.new_zeros(1)])
-            return table[torch.from_numpy(ids)].view(shape)
+        shared = decode_codebook(meta, shape, blobs, where)
+        if shared is not None:  # every entry (dense) or every non-zero (sparse) as a codebook id
+            codebook, assign = shared
+            return torch.cat([codebook, codebook.new_zeros(1)])[assign]
         if enc == "sparse":
             return _decode_sparse(meta, shape, n, blobs, where)
         if enc == "fpack":
@@ -225,20 +220,14 @@ def decode_codebook(meta: dict[str, Any], shape: tuple[int, ...], blobs: dict[st
         if meta.get("enc") == "codebook":
             k, alpha = int(meta["k"]), int(meta["alpha"])
             codebook = _from_raw(_blob(blobs, meta["cblob"], where), "float32", k, where)
-            if not 1 <= alpha <= k + 1:
+            if not 1 <= alpha <= k + 1:  # ids index the codebook + one zero slot
                 raise CorruptArtifactError(f"{where}: codebook alphabet {alpha} exceeds {k} ids + 1")
             ids = decode_stream(_blob(blobs, meta["vblob"], where), meta["vcode"], alpha, n, where)
             return codebook, torch.from_numpy(ids.astype(np.int64)).view(shape)
         if meta.get("enc") == "sparse" and meta.get("vkind") == "codebook":
-            k, bits, nnz = int(meta["k"]), int(meta["ibits"]), int(meta["nnz"])
-            if not 1 <= bits <= 16 or not 0 <= nnz <= n:
-                raise CorruptArtifactError(f"{where}: index bits {bits} or non-zeros {nnz} out of range")
+            positions = _sparse_positions(meta, n, blobs, where)
+            k, nnz = int(meta["k"]), positions.size
             codebook = _from_raw(_blob(blobs, meta["cblob"], where), "float32", k, where)
-            symbols = decode_stream(_blob(blobs, meta["iblob"], where), meta["icode"], 2**bits, int(meta["nidx"]),
-                                    where)
-            positions = sparse.decode_positions(symbols, n, bits)
-            if positions.size != nnz:
-                raise CorruptArtifactError(f"{where}: index stream gives {positions.size} non-zeros, metadata says {nnz}")
             assign = torch.full((n,), k, dtype=torch.int64)
             assign[torch.from_numpy(positions)] = torch.from_numpy(
                 decode_stream(_blob(blobs, meta["vblob"], where), meta["vcode"], k, nnz, where).astype(np.int64))
@@ -248,8 +237,8 @@ def decode_codebook(meta: dict[str, Any], shape: tuple[int, ...], blobs: dict[st
     return None
 
 
-def _decode_sparse(meta: dict[str, Any], shape: tuple[int, ...], n: int, blobs: dict[str, bytes],
-                   where: str) -> torch.Tensor:
+def _sparse_positions(meta: dict[str, Any], n: int, blobs: dict[str, bytes], where: str) -> np.ndarray:
+    """The flat positions of a sparse tensor's non-zeros, checked against its metadata."""
     bits, nnz = int(meta["ibits"]), int(meta["nnz"])
     if not 1 <= bits <= 16 or not 0 <= nnz <= n:
         raise CorruptArtifactError(f"{where}: index bits {bits} or non-zeros {nnz} out of range")
@@ -257,12 +246,14 @@ def _decode_sparse(meta: dict[str, Any], shape: tuple[int, ...], n: int, blobs: 
     positions = sparse.decode_positions(symbols, n, bits)
     if positions.size != nnz:
         raise CorruptArtifactError(f"{where}: index stream gives {positions.size} non-zeros, metadata says {nnz}")
-    if meta["vkind"] == "codebook":
-        k = int(meta["k"])
-        codebook = _from_raw(_blob(blobs, meta["cblob"], where), "float32", k, where)
-        ids = decode_stream(_blob(blobs, meta["vblob"], where), meta["vcode"], k, nnz, where)
-        values = codebook[torch.from_numpy(ids)]
-    elif meta["vkind"] == "raw":
+    return positions
+
+
+def _decode_sparse(meta: dict[str, Any], shape: tuple[int, ...], n: int, blobs: dict[str, bytes],
+                   where: str) -> torch.Tensor:
+    positions = _sparse_positions(meta, n, blobs, where)
+    nnz = positions.size
+    if meta["vkind"] == "raw":
         values = _from_raw(_blob(blobs, meta["vblob"], where), meta["dtype"], nnz, where).float()
     else:
         raise CorruptArtifactError(f"{where}: unknown value kind {meta['vkind']!r}")

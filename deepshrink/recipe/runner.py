@@ -152,11 +152,9 @@ def _restorable(names: list[str], done: dict[str, Any]) -> dict[str, Any] | None
     """On an unfinished run, drop from ``done`` every stage from the first whose model carried quantizers
     (integer codes, fake quantizers, activation quantizers: the artifact keeps their values, not the modules
     a later training stage trains through), so they run again; return the last stage left to resume from."""
-    if all(n in done for n in names):
-        return next((done[n] for n in reversed(names) if n in done), None)
-    first = next((i for i, n in enumerate(names) if done.get(n, {}).get("attached", {}).get("quantized")), None)
-    if first is not None:
-        for n in names[first:]:
+    if not all(n in done for n in names):
+        first = next((i for i, n in enumerate(names) if done.get(n, {}).get("attached", {}).get("quantized")), None)
+        for n in names[first:] if first is not None else ():
             done.pop(n, None)
     return next((done[n] for n in reversed(names) if n in done), None)
 
