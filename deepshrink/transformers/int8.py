@@ -42,6 +42,54 @@ def per_token_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.clamp(torch.round(x * (1.0 / s)), -128, 127), s
 
 
+def per_token_matmul(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """``per_token_int8(x)`` times the ``bits``-bit ``codes`` ``[out, in]``, an exact integer product (float32
+    while every partial sum stays under 2^24, float64 otherwise), times the token and row scales."""
+    q, s = per_token_int8(x)
+    wide = 128 * 2 ** (bits - 1) * codes.shape[1] >= 2**24  # a float32 sum could round
+    mm = torch.float64 if wide else torch.float32
+    acc = (q.to(mm) @ codes.to(mm).t()).float()
+    return acc * s * scale
+
+
+class _PerTokenMatmul(torch.autograd.Function):
+    """``per_token_matmul`` that the TorchScript ONNX exporter writes as integer ops: the activation codes
+    shifted to uint8 (zero point 128: ONNX Runtime's fast u8 x s8 kernels; its s8 x s8 path was 11x slower
+    here), ``MatMulInteger`` with the int8 codes (an int8 initializer, so the file holds 1 byte a weight), then
+    both scales in float in the same order as in PyTorch."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+        return per_token_matmul(x, codes, scale, bits)
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, codes: Any, scale: Any, bits: int) -> Any:
+        from torch.onnx import symbolic_helper
+
+        def const(value: Any, dtype: torch.dtype = torch.float32) -> Any:
+            return g.op("Constant", value_t=torch.tensor(value, dtype=dtype))
+
+        float_t = 1  # onnx.TensorProto.FLOAT
+        x = g.op("Cast", x, to_i=float_t)
+        shape = g.op("Shape", x)
+        rows = g.op("Reshape", x, g.op("Concat", const([-1], torch.int64),
+                                       g.op("Slice", shape, const([-1], torch.int64), const([2**62], torch.int64)),
+                                       axis_i=0))  # [tokens, in]
+        absx = g.op("Abs", rows)
+        if symbolic_helper.GLOBALS.export_onnx_opset_version >= 18:
+            amax = g.op("ReduceMax", absx, const([1], torch.int64), keepdims_i=0)
+        else:
+            amax = g.op("ReduceMax", absx, axes_i=[1], keepdims_i=0)
+        s = g.op("Max", g.op("Div", amax, const(ACT_QMAX)), const(torch.finfo(torch.float32).eps))  # [tokens]
+        zero = g.op("Expand", const([128], torch.uint8), g.op("Shape", s))
+        q = g.op("QuantizeLinear", rows, s, zero, axis_i=0)  # uint8 = round(x / s) + 128, saturated
+        acc = g.op("MatMulInteger", q, g.op("Transpose", codes, perm_i=[1, 0]), const(128, torch.uint8))
+        y = g.op("Mul", g.op("DequantizeLinear", acc, s, axis_i=0), scale)
+        out_shape = g.op("Concat", g.op("Slice", shape, const([0], torch.int64), const([-1], torch.int64)),
+                         g.op("Shape", scale), axis_i=0)
+        return g.op("Reshape", y, out_shape)
+
+
 def _check_bits(bits: Any) -> int:
     if isinstance(bits, bool) or bits not in WEIGHT_BITS:
         raise ConfigError(f"weight_bits must be 7 or 8, got {bits!r}")
@@ -110,11 +158,10 @@ class Int8Linear(nn.Module):
         dtype = x.dtype
         if self.inv_scale is not None:
             x = x * self.inv_scale
-        q, s = per_token_int8(x)
-        wide = 128 * 2 ** (self.bits - 1) * self.in_features >= 2**24  # a float32 sum could round
-        mm = torch.float64 if wide else torch.float32
-        acc = (q.to(mm) @ self.codes.to(mm).t()).float()
-        y = acc * s * self.scale
+        if torch.onnx.is_in_onnx_export():
+            y = _PerTokenMatmul.apply(x, self.codes, self.scale, self.bits)
+        else:
+            y = per_token_matmul(x, self.codes, self.scale, self.bits)
         if self.bias is not None:
             y = y + self.bias
         return y.to(dtype)

@@ -117,6 +117,8 @@ class SentenceEncoder(nn.Module):
                          output_attentions=output_attentions)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()):
+            self._check_ids(input_ids)
         if self.token_map is not None:
             input_ids = self.token_map[input_ids]
         if input_ids.shape[-1] > self.max_length:
@@ -124,6 +126,19 @@ class SentenceEncoder(nn.Module):
                               f"{self.max_length}; truncate when tokenizing")
         hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return mean_pool(hidden, attention_mask, self.normalize)
+
+    def _check_ids(self, input_ids: torch.Tensor) -> None:
+        """DataError for token ids the embedding table cannot look up (torch's is an IndexError, or a crash)."""
+        if input_ids.is_floating_point() or input_ids.is_complex():
+            raise DataError(f"input_ids must be integer token ids, got {input_ids.dtype}")
+        vocab = len(self.token_map) if self.token_map is not None else int(self.config.vocab_size)
+        if input_ids.numel() == 0:
+            return
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= vocab:
+            bad = low if low < 0 else high
+            raise DataError(f"token id {bad} is outside the model's vocabulary of {vocab} ids (0..{vocab - 1}); "
+                            "tokenize with this model's tokenizer")
 
     @property
     def _deepshrink_arch(self) -> dict[str, Any]:

@@ -1,0 +1,95 @@
+"""An int8 encoder (``Int8Linear``) exports to ONNX as integer ops, and token ids are checked against the vocabulary."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import deepshrink
+from deepshrink.core.errors import DataError
+from deepshrink.export import check_onnx, export_model
+from deepshrink.export.onnx import default_dynamic_axes
+from deepshrink.transformers import compress_embedding, prune_heads, quantize_int8, tokenize
+from deepshrink.transformers.int8 import Int8Linear, per_token_matmul
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+
+def _export(model: torch.nn.Module, path, example, opset: int | None = None):
+    return export_model(model, path, "onnx", example, opset=opset,
+                        dynamic_axes=default_dynamic_axes(example, 1, sequence=True))
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+def test_int8_linears_export_as_matmulinteger_with_int8_weights(tiny, tokenizer, sentences, tmp_path, opset) -> None:
+    calib = [tokenize(tokenizer, sentences)]
+    q = quantize_int8(tiny, calibration=calib, smooth=0.5, weight_bits=8)
+    compress_embedding(q, "int8")
+    layers = {n: m for n, m in q.named_modules() if isinstance(m, Int8Linear)}
+    path = _export(q, tmp_path / "q.onnx", tokenize(tokenizer, sentences[:2]), opset)
+    graph = onnx.load(str(path)).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("MatMulInteger") == len(layers) > 0
+    int8_shapes = sorted(tuple(i.dims) for i in graph.initializer if i.data_type == onnx.TensorProto.INT8)
+    weight_shapes = sorted((m.in_features, m.out_features) for m in layers.values())
+    assert all(s in int8_shapes for s in weight_shapes)  # the codes, transposed, one byte each
+    float_onnx = sum(int(torch.tensor(i.dims).prod()) for i in graph.initializer
+                     if i.data_type == onnx.TensorProto.FLOAT)
+    float_model = sum(t.numel() for t in q.state_dict().values() if t.is_floating_point())
+    assert float_onnx <= float_model  # no float copy of any weight (they would add 16,384 values)
+    # another batch and sequence length than the export example; ONNX Runtime's integer products are exact
+    assert check_onnx(q, path, calib[0], rtol=0.0, atol=1e-4) <= 1e-4
+
+
+def test_int8_onnx_file_holds_one_byte_a_weight(tmp_path) -> None:
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(256, 512)
+    x = (torch.randn(2, 256),)
+    f = export_model(linear, tmp_path / "f.onnx", "onnx", x)
+    q = export_model(Int8Linear.from_float(linear, 8), tmp_path / "q.onnx", "onnx", x)
+    weights = linear.weight.numel()
+    assert f.stat().st_size >= 4 * weights
+    assert weights <= q.stat().st_size <= weights + 12 * 512 + 4096  # codes + bias, scale + the graph
+
+
+def test_exported_matmul_equals_the_eager_one_on_a_3d_input(tmp_path) -> None:
+    torch.manual_seed(0)
+    layer = Int8Linear.from_float(torch.nn.Linear(48, 24), 8).eval()
+    x = torch.randn(3, 5, 48) * 4
+    path = export_model(layer, tmp_path / "l.onnx", "onnx", (x,),
+                        dynamic_axes={"input0": {0: "b", 1: "t"}, "output0": {0: "b", 1: "t"}})
+    assert check_onnx(layer, path, (torch.randn(2, 7, 48),), rtol=0.0, atol=1e-5) <= 1e-5
+    # the eager maths is the same function (per-token int8 x codes, exact)
+    ref = (torch.round(x / (x.abs().amax(-1, keepdim=True) / 127.5)).clamp(-128, 127) @ layer.codes.float().t())
+    got = per_token_matmul(x, layer.codes, torch.ones(24))
+    assert torch.allclose(got, ref * (x.abs().amax(-1, keepdim=True) / 127.5), rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [-1, 30522, 10**6])
+def test_token_ids_outside_the_vocabulary_are_a_data_error(tiny, bad) -> None:
+    ids = torch.tensor([[101, 2000, bad, 102]])
+    mask = torch.ones_like(ids)
+    with pytest.raises(DataError, match=f"token id {bad} is outside the model's vocabulary of 30522"):
+        tiny(ids, mask)
+    with pytest.raises(DataError, match="outside the model's vocabulary"):
+        prune_heads(tiny, 0.25, [(ids, mask)])  # calibration text goes through the same check
+    with pytest.raises(DataError, match="outside the model's vocabulary"):
+        quantize_int8(tiny, calibration=[(ids, mask)], smooth=0.5)
+
+
+def test_float_token_ids_are_a_data_error(tiny) -> None:
+    with pytest.raises(DataError, match="integer token ids"):
+        tiny(torch.ones(1, 4), torch.ones(1, 4))
+
+
+def test_a_pruned_vocabulary_checks_ids_against_the_original_one(tiny, tokenizer, sentences, tmp_path) -> None:
+    from deepshrink.transformers import prune_vocabulary
+
+    ids, mask = tokenize(tokenizer, sentences)
+    prune_vocabulary(tiny, tokenizer, sentences)
+    with torch.no_grad():
+        tiny(ids, mask)  # original ids, mapped by token_map
+    deepshrink.save(tiny, tmp_path / "v.dsk")
+    with pytest.raises(DataError, match="vocabulary of 30522"):
+        deepshrink.load(tmp_path / "v.dsk")(torch.tensor([[30522]]), torch.ones(1, 1, dtype=torch.long))
