@@ -18,7 +18,7 @@ from torch.nn.utils import parametrize
 
 from deepshrink.artifact import tensors as T
 from deepshrink.codec import container
-from deepshrink.core.errors import ArtifactError, ConfigError, CorruptArtifactError, DeepShrinkError
+from deepshrink.core.errors import ArtifactError, ConfigError, CorruptArtifactError, DeepShrinkError, ModelError
 from deepshrink.models.zoo import ARCH_ATTR, MODELS, arch_record, create, user_model_name
 from deepshrink.quantize.kmeans import shared_codebook
 
@@ -154,9 +154,48 @@ def encode_model(model: nn.Module, policy: StoragePolicy | None = None,
     return meta, blobs, reports
 
 
+#: why a module of a runtime (``deepshrink_runtime``) has no artifact form
+RUNTIME_REFUSALS = {
+    "onnxruntime": "it is an ONNX Runtime graph with no PyTorch weights; export it with format 'onnx' (the graph it "
+                   "runs), or save the model it was converted from",
+    "inductor": "it is Inductor-compiled int8 code with no file form; save the model it was compiled from (for an "
+                "encoder, the quantize_int8 model)",
+}
+
+
+def refuse_input_quantizers(model: nn.Module) -> None:
+    """ConfigError when ``model`` quantizes activations (run-time state that an artifact does not store), or
+    ModelError when it is a compiled or ONNX Runtime module (``RUNTIME_REFUSALS``)."""
+    from deepshrink.quantize.modules import input_quantizers
+
+    runtime = getattr(model, "deepshrink_runtime", None)
+    if runtime is not None:
+        raise ModelError(f"cannot save {type(model).__name__}: "
+                         f"{RUNTIME_REFUSALS.get(runtime, 'it is a runtime module without tensors')}")
+
+    acts = input_quantizers(model)
+    if acts:
+        raise ConfigError(f"cannot save {type(model).__name__}: {len(acts)} layers ({', '.join(list(acts)[:3])}) "
+                          "quantize their inputs, which an artifact does not store; save "
+                          "deepshrink.quantize.without_input_quantizers(model) (the weights keep their codes) or "
+                          "convert it for integer execution with deepshrink.quantize.backends.to_int8")
+
+
 def save(model: nn.Module, path: str | os.PathLike[str], policy: StoragePolicy | None = None,
          info: dict[str, Any] | None = None) -> SaveReport:
-    """Write ``model`` atomically as an artifact and report the bytes of every tensor and stream."""
+    """Write ``model`` atomically as an artifact and report the bytes of every tensor and stream.
+
+    Quantized weights (frozen codes or QAT fake quantizers, frozen on a copy) are stored as their integer
+    codes (``save_quantized``). Activation quantizers are run-time state an artifact does not hold: a model
+    with them is a ConfigError (save ``without_input_quantizers(model)``, or convert with ``to_int8``)."""
+    from deepshrink.quantize.modules import QuantizedWeight
+    from deepshrink.quantize.qat import TRAINABLE
+
+    refuse_input_quantizers(model)
+    if any(isinstance(m, (QuantizedWeight, *TRAINABLE)) for m in model.modules()):
+        from deepshrink.artifact.quantized import save_quantized
+
+        return save_quantized(model, path, policy, info)
     meta, blobs, reports = encode_model(model, policy, info)
     nbytes = container.write_container(path, meta, blobs)
     meta_bytes = nbytes - sum(len(b) for b in blobs.values())

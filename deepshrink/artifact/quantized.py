@@ -34,11 +34,13 @@ import torch
 from torch import nn
 
 from deepshrink.artifact import tensors as T
-from deepshrink.artifact.model_io import SaveReport, StoragePolicy, TensorReport, encode_model
+from deepshrink.artifact.model_io import (
+    SaveReport, StoragePolicy, TensorReport, encode_model, refuse_input_quantizers,
+)
 from deepshrink.codec import arith, container, floatpack, huffman, packing
 from deepshrink.core.errors import ConfigError, CorruptArtifactError
 from deepshrink.quantize import primitives as P
-from deepshrink.quantize.modules import QuantizedWeight, input_quantizers, quantized_weight
+from deepshrink.quantize.modules import QuantizedWeight, quantized_weight
 from deepshrink.quantize.qat import freeze
 
 #: Huffman-code the codes only when that saves at least 5% over bit packing (decoding costs time).
@@ -75,6 +77,15 @@ def _arith_centers(codes: np.ndarray, zp: torch.Tensor | None, bits: int) -> tup
     return center, center
 
 
+def _pow2_max(q: QuantizedWeight) -> torch.Tensor | None:
+    """Each row's largest level when ``q.levels`` is exactly a power-of-two table of it, else None."""
+    levels = q.levels
+    if q.scheme != "pow2" or levels is None or q.bits < 2 or levels.dim() != 3 or levels.shape[2] != 2**q.bits:
+        return None
+    m = levels[:, :, 1:2].detach().cpu().float()
+    return m if torch.equal(P.pow2_table(m, q.bits), levels.detach().cpu().float()) else None
+
+
 def encode_quant(q: QuantizedWeight, key: str) -> T.Encoded:
     """Codes (bit-packed, Huffman- or range-coded, whichever is smallest) + parameters of one frozen
     quantized weight."""
@@ -86,7 +97,10 @@ def encode_quant(q: QuantizedWeight, key: str) -> T.Encoded:
         meta["cshape"] = [c, g, k]
     blobs: dict[str, bytes] = {}
     zp = None
-    if q.levels is not None:
+    if q.levels is not None and _pow2_max(q) is not None:
+        meta["pow2"] = True  # the table follows from each row's largest magnitude (P.pow2_table)
+        _floats(meta, blobs, "sblob", f"{key}.s", _pow2_max(q))
+    elif q.levels is not None:
         _floats(meta, blobs, "lblob", f"{key}.l", q.levels)
     else:
         _floats(meta, blobs, "sblob", f"{key}.s", q.scale.expand(c, g, 1))
@@ -257,8 +271,13 @@ def decode_quant(meta: dict[str, Any], shape: tuple[int, ...], blobs: dict[str, 
     raw = blobs.get(meta["qblob"])
     if raw is None:
         raise CorruptArtifactError(f"{where}: codes blob is missing")
-    if "lblob" in meta:
-        levels = T.decode_floats(meta, "lblob", blobs, c * g * 2**bits, where).view(c, g, 2**bits)
+    if "lblob" in meta or meta.get("pow2") is True:
+        if "lblob" in meta:
+            levels = T.decode_floats(meta, "lblob", blobs, c * g * 2**bits, where).view(c, g, 2**bits)
+        elif bits < 2:
+            raise CorruptArtifactError(f"{where}: a power-of-two table needs 2 or more bits, got {bits}")
+        else:
+            levels = P.pow2_table(T.decode_floats(meta, "sblob", blobs, c * g, where).view(c, g, 1), bits)
         codes = torch.from_numpy(_decode_codes(meta, raw, bits, n, _centers(meta, None, k, bits, where), where))
         return P.lut_dequantize(codes.view(c, g, k), levels).reshape(shape)
     scale = T.decode_floats(meta, "sblob", blobs, c * g, where).view(c, g, 1)
@@ -298,8 +317,7 @@ def save_quantized(model: nn.Module, path: str | os.PathLike[str], policy: Stora
     Activation quantizers are not stored: a model with them raises ConfigError (save the weight-only
     model, or convert with ``backends.to_int8`` for integer execution).
     """
-    if input_quantizers(model):
-        raise ConfigError("save_quantized stores weights only; this model has activation quantizers")
+    refuse_input_quantizers(model)
     model = freeze(copy.deepcopy(model))
     meta, blobs, reports = encode_model(model, policy, info)
     by_name = {r.name: i for i, r in enumerate(reports)}

@@ -37,7 +37,8 @@ def _unwrap(model: Any) -> nn.Module:
 def torch_int8_layers(model: nn.Module) -> list[str]:
     """Layers running PyTorch's own int8 kernels (``torch.ao.nn.quantized``: packed weights, no plain tensors)."""
     return [name or type(m).__name__ for name, m in model.named_modules()
-            if type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized"))
+            if type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized",
+                                              "torch.ao.nn.intrinsic.quantized"))
             and not name.endswith("_packed_params")]
 
 
@@ -72,6 +73,15 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], format: Format,
     inputs = None if example_inputs is None else _as_tuple(example_inputs)
     if format in ("onnx", "torchscript") and inputs is None:
         raise ConfigError(f"exporting {what} to {format} traces the model: example_inputs are required")
+    runtime = getattr(module, "deepshrink_runtime", None)
+    if runtime == "onnxruntime" and format == "onnx":
+        atomic_write_bytes(target, module.model_bytes)  # the int8 graph the module runs, as it is
+        return target
+    if runtime is not None:
+        from deepshrink.artifact.model_io import RUNTIME_REFUSALS
+
+        raise ModelError(f"cannot export {what} to {format}: "
+                         f"{RUNTIME_REFUSALS.get(runtime, 'it is a runtime module without tensors')}")
     int8 = torch_int8_layers(module)
     if int8 and format != "torchscript":
         raise ModelError(f"cannot export {what} to {format}: {len(int8)} layers ({', '.join(int8[:3])}) run "
@@ -120,10 +130,5 @@ def _safetensors_bytes(model: nn.Module, what: str) -> bytes:
 
 def _save_artifact(model: nn.Module, target: Path, what: str) -> None:
     from deepshrink.artifact.model_io import save
-    from deepshrink.artifact.quantized import save_quantized
-    from deepshrink.quantize.modules import quantized_weight
 
-    if any(quantized_weight(m) is not None for m in model.modules()):
-        save_quantized(model, target)
-    else:
-        save(model, target)
+    save(model, target)  # quantized weights (frozen or QAT) as their integer codes

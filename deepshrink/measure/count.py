@@ -36,8 +36,21 @@ class LayerStats:
 
 def _check_module(model: object) -> nn.Module:
     if not isinstance(model, nn.Module):
-        raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
+        inner = getattr(model, "model", None)  # Int8Model and similar wrappers
+        if not isinstance(inner, nn.Module):
+            raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
+        model = inner
+    runtime = getattr(model, "deepshrink_runtime", None)
+    if runtime is not None:
+        raise ModelError(f"cannot count the parameters of an {runtime} module ({type(model).__name__}): its "
+                         "weights live outside PyTorch; count the model it was converted from")
     return model
+
+
+def _is_torch_int8(module: nn.Module) -> bool:
+    """torch's own quantized Linear/Conv (packed int8 weights behind ``weight()``/``bias()`` methods)."""
+    return type(module).__module__.startswith(("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized")) \
+        and callable(getattr(module, "weight", None)) and callable(getattr(module, "bias", None))
 
 
 def _mask_for(module: nn.Module, param_name: str) -> torch.Tensor | None:
@@ -90,6 +103,12 @@ def _own_entries(module: nn.Module) -> Iterator[_Entry]:
             with torch.no_grad():
                 logical = getattr(module, pname).numel()
             yield _Entry(pname, stored, effective, logical)
+    if _is_torch_int8(module):
+        for name in ("weight", "bias"):
+            t = getattr(module, name)()
+            if isinstance(t, torch.Tensor):
+                t = t.dequantize() if t.is_quantized else t.detach()
+                yield _Entry(name, (t,), functools.partial(_buffer_nonzeros, t))
     for name, param in module.named_parameters(recurse=False):
         yield _Entry(name, (param,), functools.partial(_effective_nonzeros, module, name, param))
     for name in getattr(type(module), "deepshrink_weight_buffers", ()):
@@ -105,23 +124,25 @@ def _buffer_nonzeros(buf: torch.Tensor) -> int:
 def _unique_entries(model: nn.Module) -> Iterator[_Entry]:
     """Each stored tensor once (first owner wins), so tied weights are not double counted."""
     seen: set[int] = set()
+    alive: list[tuple[torch.Tensor, ...]] = []  # ids stay unique only while their tensors live (unpacked int8)
     for module in model.modules():  # pre-order: a parametrized layer comes before its ``original``
         for entry in _own_entries(module):
             if any(id(t) in seen for t in entry.stored):
                 continue
             seen.update(id(t) for t in entry.stored)
+            alive.append(entry.stored)
             yield entry
 
 
 def count_params(model: nn.Module) -> int:
     """Number of unique parameter elements; a tensor shared by several modules counts once."""
-    _check_module(model)
+    model = _check_module(model)
     return sum(entry.numel for entry in _unique_entries(model))
 
 
 def count_nonzeros(model: nn.Module) -> int:
     """Non-zero elements of the effective parameters (prune masks and parametrizations applied)."""
-    _check_module(model)
+    model = _check_module(model)
     return sum(entry.nonzeros() for entry in _unique_entries(model))
 
 
@@ -141,7 +162,7 @@ def weight_codes(module: nn.Module) -> torch.Tensor | None:
 
 def layer_stats(model: nn.Module) -> list[LayerStats]:
     """One ``LayerStats`` per module with a tensor ``weight`` or weight ``codes``, in ``named_modules`` order."""
-    _check_module(model)
+    model = _check_module(model)
     stats: list[LayerStats] = []
     for mod_name, module in model.named_modules():
         weight = getattr(module, "weight", None)

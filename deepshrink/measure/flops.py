@@ -7,6 +7,7 @@ addmm, pooling), so MACs = FLOPs // 2 is the usual "MACs" figure papers report.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -17,23 +18,57 @@ from deepshrink.core.errors import ModelError
 from deepshrink.measure._runtime import call, eval_mode, first_line
 
 
-def _run_counted(model: Callable[..., Any], example_inputs: Any) -> FlopCounterMode:
-    """Run one forward pass under the counter in eval mode and no_grad; wrap failures in ModelError."""
+def _int8_macs(module: torch.nn.Module, out: Any) -> int:
+    """MACs of one call of a torch int8 Linear/Conv (its kernels are invisible to ``FlopCounterMode``)."""
+    if not isinstance(out, torch.Tensor):
+        return 0
+    if isinstance(module, (torch.ao.nn.quantized.Linear, torch.ao.nn.quantized.dynamic.Linear)):
+        return out.numel() * module.in_features
+    kernel = math.prod(module.kernel_size)
+    return out.numel() * (module.in_channels // module.groups) * kernel
+
+
+_INT8_KERNELS = (torch.ao.nn.quantized.Linear, torch.ao.nn.quantized.dynamic.Linear,
+                 torch.ao.nn.quantized.Conv1d, torch.ao.nn.quantized.Conv2d, torch.ao.nn.quantized.Conv3d)
+
+
+def _run_counted(model: Callable[..., Any], example_inputs: Any) -> tuple[FlopCounterMode, dict[str, int]]:
+    """Run one forward pass under the counter in eval mode and no_grad; wrap failures in ModelError. Also
+    returns the MACs of torch's int8 Linear/Conv modules by name, counted from their output shapes."""
     if not callable(model):
         raise ModelError(f"expected a model or callable, got {type(model).__name__}")
+    runtime = getattr(model, "deepshrink_runtime", None) or getattr(getattr(model, "model", None),
+                                                                    "deepshrink_runtime", None)
+    if runtime is not None:
+        raise ModelError(f"cannot count the MACs of an {runtime} module ({type(model).__name__}): its kernels run "
+                         "outside PyTorch; count the model it was converted from")
     counter = FlopCounterMode(display=False)
-    with eval_mode(model), torch.no_grad():
-        try:
-            with counter:
-                call(model, example_inputs)
-        except Exception as exc:  # any failure of user code is a model problem
-            raise ModelError(f"model cannot run on the example input: {first_line(exc)}") from None
-    return counter
+    int8: dict[str, int] = {}
+    handles = []
+    if isinstance(model, torch.nn.Module):
+        for name, module in model.named_modules():
+            if isinstance(module, _INT8_KERNELS):
+                def hook(mod: torch.nn.Module, _: Any, out: Any, name: str = name) -> None:
+                    int8[name] = int8.get(name, 0) + _int8_macs(mod, out)
+                handles.append(module.register_forward_hook(hook))
+    try:
+        with eval_mode(model), torch.no_grad():
+            try:
+                with counter:
+                    call(model, example_inputs)
+            except Exception as exc:  # any failure of user code is a model problem
+                raise ModelError(f"model cannot run on the example input: {first_line(exc)}") from None
+    finally:
+        for h in handles:
+            h.remove()
+    return counter, int8
 
 
 def count_macs(model: Callable[..., Any], example_inputs: Any) -> int:
-    """MACs of one forward pass on ``example_inputs`` (a tensor, a tuple of args or a dict of kwargs)."""
-    return int(_run_counted(model, example_inputs).get_total_flops()) // 2
+    """MACs of one forward pass on ``example_inputs`` (a tensor, a tuple of args or a dict of kwargs).
+    torch's int8 Linear/Conv layers count from their shapes; ONNX Runtime and compiled modules are refused."""
+    counter, int8 = _run_counted(model, example_inputs)
+    return int(counter.get_total_flops()) // 2 + sum(int8.values())
 
 
 def count_macs_by_module(model: torch.nn.Module, example_inputs: Any) -> dict[str, int]:
@@ -42,7 +77,7 @@ def count_macs_by_module(model: torch.nn.Module, example_inputs: Any) -> dict[st
     A parent's figure includes its children; a module called twice accumulates both calls.
     Modules that do no counted ops are absent.
     """
-    counter = _run_counted(model, example_inputs)
+    counter, int8 = _run_counted(model, example_inputs)
     root = type(model).__name__
     result: dict[str, int] = {}
     for key, per_op in counter.get_flop_counts().items():
@@ -55,4 +90,9 @@ def count_macs_by_module(model: torch.nn.Module, example_inputs: Any) -> dict[st
         else:
             name = key
         result[name] = int(sum(per_op.values())) // 2
+    for name, macs in int8.items():  # the layer and every parent of it
+        parts = name.split(".") if name else []
+        for i in range(len(parts) + 1):
+            key = ".".join(parts[:i])
+            result[key] = result.get(key, 0) + macs
     return result

@@ -17,6 +17,7 @@ from deepshrink.quantize.config import (
 )
 from deepshrink.quantize.fold import fold_batchnorm
 from deepshrink.quantize.mixed import choose_bits, sensitivity_scan
+from deepshrink.quantize.modules import without_input_quantizers
 from deepshrink.quantize.ptq import calibrate, quantize, register_handler, selected_layers
 from deepshrink.quantize.qat import freeze
 
@@ -24,5 +25,5 @@ __all__ = [
     "BinaryConfig", "FixedPointConfig", "Int8DynamicConfig", "Int8StaticConfig", "IntWeightConfig",
     "KMeansConfig", "PowerOfTwoConfig", "QATConfig", "QuantConfig", "SkipConfig", "StaticConfig",
     "TernaryConfig", "calibrate", "choose_bits", "sensitivity_scan",
-    "fold_batchnorm", "freeze", "quantize", "register_handler", "selected_layers",
+    "fold_batchnorm", "freeze", "quantize", "register_handler", "selected_layers", "without_input_quantizers",
 ]

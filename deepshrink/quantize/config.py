@@ -179,8 +179,9 @@ class TernaryConfig(QuantConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _sign_scheme(self.granularity, self.trainable, "ternary")
-        if not 0 <= self.threshold < 10:
-            raise ConfigError(f"ternary threshold must be in [0, 10), got {self.threshold}")
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
+                or not 0 <= self.threshold < 10:
+            raise ConfigError(f"ternary threshold must be a number in [0, 10), got {self.threshold!r}")
 
 
 @dataclass(frozen=True)

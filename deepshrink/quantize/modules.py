@@ -8,6 +8,8 @@ parametrization list, so a pruning mask registered before it stays in effect.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -129,6 +131,18 @@ def add_input_quantizer(module: nn.Module, quantizer: ActQuantizer) -> None:
         raise ConfigError(f"{type(module).__name__} already has an input quantizer")
     module.input_quant = quantizer
     module.register_forward_pre_hook(_input_hook)
+
+
+def without_input_quantizers(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` without its activation quantizers (weights keep theirs): what an artifact
+    stores of a statically or QAT-quantized model."""
+    plain = copy.deepcopy(model)
+    for module in plain.modules():
+        if isinstance(getattr(module, "input_quant", None), ActQuantizer):
+            del module.input_quant
+            for key in [k for k, hook in module._forward_pre_hooks.items() if hook is _input_hook]:
+                del module._forward_pre_hooks[key]
+    return plain
 
 
 def input_quantizers(model: nn.Module) -> dict[str, ActQuantizer]:

@@ -160,9 +160,14 @@ def pow2_levels(w3: torch.Tensor, bits: int) -> torch.Tensor:
     (a free slot) repeats zero. Shape ``(C, G, 2^bits)``.
     """
     check_bits(bits, 2)
+    return pow2_table(torch.clamp(w3.abs().amax(dim=2, keepdim=True), min=EPS), bits)
+
+
+def pow2_table(m: torch.Tensor, bits: int) -> torch.Tensor:
+    """The ``pow2_levels`` table of each row's largest magnitude ``m`` (``(C, G, 1)``): the whole table follows
+    from ``m`` (scaling by a power of two is exact), so an artifact stores ``m`` alone."""
     n = 2 ** (bits - 1) - 1
-    m = torch.clamp(w3.abs().amax(dim=2, keepdim=True), min=EPS)
-    mags = m * torch.pow(2.0, -torch.arange(n, dtype=torch.float32, device=w3.device))
+    mags = m * torch.pow(2.0, -torch.arange(n, dtype=torch.float32, device=m.device))
     zero = torch.zeros_like(m)
     return torch.cat([zero, mags, -mags, zero], dim=2)
 

@@ -11,11 +11,12 @@ import copy
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from deepshrink.core.errors import ConfigError, DataError, ModelError
+from deepshrink.core.errors import ConfigError, DataError, DeepShrinkError, ModelError
 from deepshrink.quantize import primitives as P
 from deepshrink.quantize.config import (
     BinaryConfig,
@@ -30,7 +31,7 @@ from deepshrink.quantize.config import (
     StaticConfig,
     TernaryConfig,
 )
-from deepshrink.quantize.kmeans import share_weights
+from deepshrink.quantize.kmeans import SharedCodebook, share_weights
 from deepshrink.quantize.modules import (
     ActQuantizer,
     QuantizedWeight,
@@ -68,9 +69,10 @@ def _weight(module: nn.Module, where: str) -> torch.Tensor:
     if not isinstance(w, torch.Tensor):
         raise ModelError(f"{where}: {type(module).__name__} has no weight tensor to quantize")
     if parametrize.is_parametrized(module, "weight") and any(
-            isinstance(p, (QuantizedWeight, *TRAINABLE))
+            isinstance(p, (QuantizedWeight, SharedCodebook, *TRAINABLE))
             for p in module.parametrizations["weight"]):
-        raise ConfigError(f"{where}: the weight is already quantized")
+        raise ConfigError(f"{where}: the weight is already quantized or shared (k-means); quantize the float "
+                          "(or pruned) model")
     w = w.detach().float()
     P.check_finite(w, f"{where}.weight")
     return w
@@ -201,6 +203,26 @@ def _batches(data: Any) -> Iterable[torch.Tensor]:
         yield batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
+def as_tensor_data(data: Any) -> Any:
+    """A numpy array of samples as a tensor (float arrays as float32); anything else unchanged."""
+    if isinstance(data, np.ndarray):
+        t = torch.from_numpy(np.ascontiguousarray(data))
+        return t.float() if t.is_floating_point() else t
+    return data
+
+
+def run_calibration_batch(model: Any, x: torch.Tensor, i: int) -> None:
+    """``model(x)``; a batch the model cannot take is one DataError naming its shape and dtype."""
+    try:
+        model(x)
+    except DeepShrinkError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's forward raises any type on a wrong input
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"calibration batch {i} (shape {tuple(x.shape)}, {x.dtype}) does not run through "
+                        f"{type(model).__name__}: {reason}") from None
+
+
 def calibrate(model: nn.Module, calibration_data: Any, max_batches: int | None = None) -> int:
     """Run ``calibration_data`` (a tensor, dataset or loader of inputs / (inputs, labels)) through
     ``model`` with its observers on, then freeze every observer. Returns the number of samples seen."""
@@ -214,12 +236,15 @@ def calibrate(model: nn.Module, calibration_data: Any, max_batches: int | None =
     model.eval()
     try:
         with torch.no_grad():
-            for i, x in enumerate(_batches(calibration_data)):
+            for i, x in enumerate(_batches(as_tensor_data(calibration_data))):
                 if max_batches is not None and i >= max_batches:
                     break
-                if not isinstance(x, torch.Tensor) or x.shape[0] == 0:
+                if not isinstance(x, torch.Tensor):
+                    raise DataError(f"calibration batch {i} is a {type(x).__name__}, not a tensor (give a tensor, "
+                                    "a dataset or a loader of tensors)")
+                if x.dim() == 0 or x.shape[0] == 0:
                     continue
-                model(x)
+                run_calibration_batch(model, x, i)
                 seen += int(x.shape[0])
     finally:
         model.train(was_training)
@@ -246,7 +271,52 @@ def quantize(model: nn.Module, config: QuantConfig, calibration_data: Any = None
     if not layers:
         raise ConfigError(f"{type(config).__name__} selects no layer "
                           f"(layers={config.layers!r}, types={config.types})")
-    for name, module, cfg in layers:
-        _handler(cfg)(module, name, cfg)
-    calibrate(target, calibration_data)
+    check_materialized(target)
+    done: list[tuple[nn.Module, int, bool]] = []
+    try:
+        for name, module, cfg in layers:
+            done.append(_state_before(module))
+            try:
+                _handler(cfg)(module, name, cfg)
+            except DeepShrinkError as exc:
+                label = name or type(module).__name__
+                if str(exc).startswith(f"{label}:"):
+                    raise
+                raise type(exc)(f"{label}: {exc}") from None
+        calibrate(target, calibration_data)
+    except BaseException:
+        if inplace:  # the caller's model goes back to how it was, so a corrected call can follow
+            for module, n_before, had_input in reversed(done):
+                _undo(module, n_before, had_input)
+        raise
     return target
+
+
+def _state_before(module: nn.Module) -> tuple[nn.Module, int, bool]:
+    n = len(module.parametrizations["weight"]) if parametrize.is_parametrized(module, "weight") else 0
+    return module, n, isinstance(getattr(module, "input_quant", None), ActQuantizer)
+
+
+def _undo(module: nn.Module, n_before: int, had_input: bool) -> None:
+    """Remove the weight parametrizations and input quantizer ``quantize`` added to ``module``."""
+    if parametrize.is_parametrized(module, "weight"):
+        plist = module.parametrizations["weight"]
+        if n_before == 0:
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+        else:
+            while len(plist) > n_before:
+                del plist[-1]
+    if not had_input and isinstance(getattr(module, "input_quant", None), ActQuantizer):
+        from deepshrink.quantize.modules import _input_hook
+
+        del module.input_quant
+        for key in [k for k, hook in module._forward_pre_hooks.items() if hook is _input_hook]:
+            del module._forward_pre_hooks[key]
+
+
+def check_materialized(model: nn.Module) -> None:
+    """ModelError when a weight is on the meta device (built without data: load its weights first)."""
+    meta = next((n for n, t in model.state_dict().items() if t.is_meta), None)
+    if meta is not None:
+        raise ModelError(f"{meta} is on the meta device (a model built without its weights); load the weights "
+                         "before quantizing")

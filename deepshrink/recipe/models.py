@@ -8,7 +8,6 @@ never by importing code named in a file.
 
 from __future__ import annotations
 
-import copy
 import importlib
 import os
 from collections.abc import Callable
@@ -153,12 +152,9 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], policy: StoragePo
         return save(model, path, policy, info)
     from deepshrink.artifact.quantized import save_quantized
 
-    plain = copy.deepcopy(model)
-    for module in plain.modules():
-        if hasattr(module, "input_quant"):
-            del module.input_quant
-            module._forward_pre_hooks.clear()
-    return save_quantized(plain, path, policy, info)
+    from deepshrink.quantize.modules import without_input_quantizers
+
+    return save_quantized(without_input_quantizers(model), path, policy, info)
 
 
 def load_model(path: str | os.PathLike[str], factory: Callable[[], nn.Module] | None = None) -> nn.Module:

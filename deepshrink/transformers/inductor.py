@@ -78,6 +78,9 @@ class CompiledEncoder(nn.Module):
         self.compiled_lengths: set[int] = {seq_len}
         self._refused: dict[int, str] = {}  # length -> why its compile was refused (Dynamo keeps the graph)
         self.device = torch.device(device or "cpu")  # the example's: lengths compiled by ``warm()`` run there
+        self.training = False
+
+    deepshrink_runtime = "inductor"  # compiled code: no file form (``deepshrink.save``, ``export_model`` refuse it)
 
     def train(self, mode: bool = True) -> CompiledEncoder:
         if mode:

@@ -77,3 +77,31 @@ def test_older_layout_still_decodes_and_bad_values_are_corrupt() -> None:
     assert huff["qcode"] == "huffman"
     with pytest.raises(CorruptArtifactError):
         decode_quant(huff, shape, {**enc.blobs, "k.q": enc.blobs["k.q"][:-3]}, "w")
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_power_of_two_tables_are_stored_as_one_value_per_row(tmp_path, bits) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.ReLU(), torch.nn.Linear(96, 48)).eval()
+    q = Q.quantize(model, Q.PowerOfTwoConfig(bits=bits))
+    w = quantized_weight(q[0])
+    enc = encode_quant(w, "t")
+    assert enc.meta.get("pow2") is True and "lblob" not in enc.meta
+    assert sum(len(b) for k, b in enc.blobs.items() if k != enc.meta["qblob"]) <= 4 * 96  # one float a row
+    back = decode_quant(enc.meta, tuple(w.shape), enc.blobs, "t")
+    assert torch.equal(back, q[0].weight)
+    save_quantized(q, tmp_path / "p.dsk")
+    int_bytes = save_quantized(Q.quantize(model, Q.IntWeightConfig(bits=bits)), tmp_path / "i.dsk").nbytes
+    assert (tmp_path / "p.dsk").stat().st_size <= int_bytes * 1.1  # with the whole table: 2.3x at 4 bits
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        assert torch.equal(deepshrink.load(tmp_path / "p.dsk", model=model)(x), q(x))
+
+
+def test_a_power_of_two_header_with_one_bit_is_corrupt() -> None:
+    torch.manual_seed(0)
+    q = Q.quantize(torch.nn.Sequential(torch.nn.Linear(8, 4)), Q.PowerOfTwoConfig(bits=3))
+    w = quantized_weight(q[0])
+    enc = encode_quant(w, "t")
+    with pytest.raises(CorruptArtifactError):
+        decode_quant({**enc.meta, "bits": 1}, tuple(w.shape), enc.blobs, "t")

@@ -33,10 +33,13 @@ class CompiledInt8(nn.Module):
     cut into chunks of that size (the last one zero-padded, its padding rows dropped from the output).
     ``eval()`` leaves the exported graph alone (torch.export modules refuse mode switches)."""
 
+    deepshrink_runtime = "inductor"  # compiled code: no file form (see OrtModule)
+
     def __init__(self, compiled: Any, batch_size: int) -> None:
         super().__init__()
         object.__setattr__(self, "_compiled", compiled)  # not a submodule: no mode switching, no state_dict
         self.batch_size = batch_size
+        self.training = False
 
     def train(self, mode: bool = True) -> CompiledInt8:
         if mode:

@@ -39,7 +39,9 @@ from deepshrink.core.fileio import atomic_write_bytes
 INTEGER_OPS = frozenset({"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger",
                          "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearAdd", "QLinearMul"})
 #: Our observer names -> ORT calibration methods (ORT computes the ranges on our calibration batches).
-ORT_CALIBRATION = {"minmax": "MinMax", "moving_average": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+#: (Not "entropy": quantize_static gives ORT's entropy calibrator 128 histogram bins for 128 quantized bins, so
+#: its threshold search has one candidate, the full range, and the result equals minmax byte for byte.)
+ORT_CALIBRATION = {"minmax": "MinMax", "moving_average": "MinMax", "percentile": "Percentile"}
 AUTO_FLOAT_K = 32
 
 
@@ -92,6 +94,13 @@ def optimized_op_types(model_bytes: bytes, disabled: Sequence[str] = ()) -> list
         return [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
 
 
+def _as_numpy(x: torch.Tensor) -> np.ndarray:
+    """A model input for ONNX Runtime: float tensors as float32 (the exported graph's type), integer ones (token
+    ids) as they are, which is how the exporter traced them."""
+    x = x.detach().to("cpu")
+    return (x.float() if x.is_floating_point() else x).contiguous().numpy()
+
+
 class OrtModule(nn.Module):
     """An ONNX Runtime session behind an ``nn.Module`` interface (tensor in, tensor out; CPU).
 
@@ -99,6 +108,9 @@ class OrtModule(nn.Module):
     intra-op thread count, fixed when the session is created; ``disabled_optimizers`` names ORT graph
     transformers to skip.
     """
+
+    #: what runs it: the artifact writer and ``export_model`` refuse (or, for ONNX, pass on) such modules
+    deepshrink_runtime = "onnxruntime"
 
     def __init__(self, model_bytes: bytes, *, threads: int = 2, spin: bool = True, description: str = "",
                  disabled_optimizers: Sequence[str] = ()) -> None:
@@ -111,7 +123,7 @@ class OrtModule(nn.Module):
         self.input_name = self.session.get_inputs()[0].name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        arr = _as_numpy(x)
         out = self.session.run(None, {self.input_name: arr})[0]
         return torch.from_numpy(np.asarray(out)).to(x.device)
 
@@ -207,7 +219,7 @@ class _Reader:
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         b = next(self.it, None)
-        return None if b is None else {self.name: b.detach().cpu().float().numpy()}
+        return None if b is None else {self.name: _as_numpy(b)}
 
     def rewind(self) -> None:
         self.it = iter(self.batches)
@@ -232,10 +244,14 @@ def to_onnxruntime(model: nn.Module, calibration_data: Any = None, *, mode: str 
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-    from deepshrink.quantize.backends.torch_int8 import _calib_batches, _fallbacks
+    from deepshrink.quantize.backends.torch_int8 import _calib_batches, _fallbacks, _probe
 
     if mode not in ("static", "dynamic", "float"):
         raise ConfigError(f"onnxruntime mode must be static, dynamic or float, got {mode!r}")
+    if observer == "entropy":
+        raise ConfigError("observer 'entropy' is not available with the onnxruntime backend: ONNX Runtime's "
+                          "quantize_static runs its entropy search on a 128-bin histogram, which leaves the full "
+                          "range (= minmax); use 'percentile', or the torch backend's entropy observer")
     if observer not in ORT_CALIBRATION:
         raise ConfigError(f"onnxruntime observer must be one of {sorted(ORT_CALIBRATION)}, got {observer!r}")
     if activation_type not in ("uint8", "int8"):
@@ -253,6 +269,7 @@ def to_onnxruntime(model: nn.Module, calibration_data: Any = None, *, mode: str 
                 raise ConfigError(f"onnxruntime mode {mode!r} needs an example input (example=) or calibration_data")
             batches = _calib_batches(calibration_data, 1)
         example = batches[0][:1]
+    _probe(model, [example])
     float_bytes = export_onnx(model, example)
     if mode == "float":
         return OrtModule(float_bytes, threads=threads, spin=spin, description="onnxruntime fp32"), []
@@ -308,7 +325,7 @@ def profile_nodes(module: OrtModule, example: torch.Tensor, runs: int = 100) -> 
         so.profile_file_prefix = str(Path(tmp) / "profile")
         sess = ort.InferenceSession(module.model_bytes, so, providers=["CPUExecutionProvider"],
                                     disabled_optimizers=list(module.disabled_optimizers))
-        feed = {sess.get_inputs()[0].name: example.detach().cpu().float().contiguous().numpy()}
+        feed = {sess.get_inputs()[0].name: _as_numpy(example)}
         for _ in range(runs):
             sess.run(None, feed)
         events = json.loads(Path(sess.end_profiling()).read_text(encoding="utf-8"))

@@ -79,6 +79,9 @@ def _plain_copy(model: nn.Module) -> nn.Module:
 
 def _quantizable_copy(model: nn.Module) -> nn.Module:
     """The plain float copy to quantize, refused when a weight holds NaN or inf."""
+    from deepshrink.quantize.ptq import check_materialized
+
+    check_materialized(model)
     m = _plain_copy(model)
     for name, p in m.state_dict().items():
         if p.is_floating_point() and not bool(torch.isfinite(p).all()):
@@ -86,9 +89,22 @@ def _quantizable_copy(model: nn.Module) -> nn.Module:
     return m
 
 
+def _probe(model: nn.Module, batches: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Run the float model on the first calibration batch: a batch it cannot take (wrong width or dtype) is
+    one DataError here rather than a traceback from inside the observers or the exporter."""
+    from deepshrink.quantize.ptq import run_calibration_batch
+
+    with torch.no_grad():
+        run_calibration_batch(model.eval(), batches[0], 0)
+    return batches
+
+
 def _calib_batches(data: Any, max_batches: int) -> list[torch.Tensor]:
+    from deepshrink.quantize.ptq import as_tensor_data
+
     if data is None:
         raise DataError("static int8 conversion needs calibration_data")
+    data = as_tensor_data(data)
     if isinstance(data, torch.Tensor):
         batches = [data]
     else:
@@ -98,8 +114,12 @@ def _calib_batches(data: Any, max_batches: int) -> list[torch.Tensor]:
         for i, b in enumerate(data):
             if i >= max_batches:
                 break
-            batches.append(b[0] if isinstance(b, (tuple, list)) else b)
-    batches = [b for b in batches if isinstance(b, torch.Tensor) and b.numel() > 0]
+            b = b[0] if isinstance(b, (tuple, list)) else b
+            if not isinstance(b, torch.Tensor):
+                raise DataError(f"calibration batch {i} is a {type(b).__name__}, not a tensor (give a tensor, a "
+                                "dataset or a loader of tensors)")
+            batches.append(b)
+    batches = [b for b in batches if b.numel() > 0]
     if not batches:
         raise DataError("the calibration set is empty")
     for b in batches:
@@ -119,10 +139,43 @@ def qconfig(observer: str = "minmax", per_channel: bool = True) -> Any:
     return tq.QConfig(activation=act, weight=weight)
 
 
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def folded_batchnorms(model: nn.Module) -> set[str]:
+    """Batch norms fed directly by a convolution: every int8 backend folds them into it (torch FX fuses
+    Conv-BN, the ONNX exporter and Inductor's freezing fold them), so they are no float fallback. Found on a
+    torch.fx trace; when the model cannot be traced, a batch norm that follows a convolution of as many
+    channels in module order."""
+    modules = dict(model.named_modules())
+    convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # noqa: BLE001 - untraceable models fall back to module order
+        names, out = list(modules), set()
+        for prev, name in zip(names, names[1:]):
+            a, b = modules[prev], modules[name]
+            if isinstance(b, _BATCHNORMS) and isinstance(a, convs) and a.out_channels == b.num_features:
+                out.add(name)
+        return out
+    out = set()
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), _BATCHNORMS):
+            continue
+        src = node.args[0] if node.args else None
+        if (isinstance(src, torch.fx.Node) and src.op == "call_module"
+                and isinstance(modules.get(src.target), convs) and len(src.users) == 1):
+            out.add(str(node.target))
+    return out
+
+
 def _fallbacks(model: nn.Module, kernel_types: tuple[type, ...]) -> list[str]:
+    """Leaf layers with a weight that no int8 kernel runs (batch norms folded into a convolution excepted,
+    when convolutions have int8 kernels here)."""
+    folded = folded_batchnorms(model) if any(issubclass(t, nn.Conv2d) for t in kernel_types) else set()
     return [f"{name} ({type(m).__name__})" for name, m in model.named_modules()
             if isinstance(getattr(m, "weight", None), torch.Tensor) and not isinstance(m, kernel_types)
-            and not list(m.children())]
+            and not list(m.children()) and name not in folded]
 
 
 class _Wrapped(nn.Module):
@@ -214,7 +267,7 @@ def to_int8(model: nn.Module, calibration_data: Any = None, *, mode: str = "stat
         fallbacks = _fallbacks(float_model, INT_KERNEL_TYPES)
         if strict and fallbacks:
             raise ModelError(f"no int8 kernel for: {', '.join(fallbacks)}")
-        batches = _calib_batches(calibration_data, max_batches)
+        batches = _probe(float_model, _calib_batches(calibration_data, max_batches))
         qc = qconfig(observer, per_channel)
         if graph in ("auto", "fx"):
             try:
@@ -246,7 +299,7 @@ def _inductor(model: nn.Module, calibration_data: Any, *, mode: str, observer: s
     if not any(isinstance(m, INDUCTOR_KERNEL_TYPES) for m in float_model.modules()):
         raise ModelError(f"the inductor backend found no Linear or Conv2d layer to quantize in "
                          f"{type(model).__name__}")
-    batches = _calib_batches(calibration_data, max_batches)
+    batches = _probe(float_model, _calib_batches(calibration_data, max_batches))
     return Int8Model(to_inductor(float_model, batches, **options), "inductor", fallbacks)
 
 
