@@ -108,6 +108,9 @@ DS_CONFIGS: dict[str, dict[str, Any]] = {
     "ds inductor int8 + SmoothQuant 0.5 + int8 emb, length buckets": {"emb": "int8", "backend": "inductor",
                                                                       "smooth": 0.5, "buckets": True},
     "ds inductor int8 + int8 emb": {"emb": "int8", "backend": "inductor"},
+    # the same int8 model as the first row (quantize_int8 + SmoothQuant 0.5, saved and loaded), exported to ONNX
+    # (per-token QuantizeLinear + MatMulInteger with its int8 codes) and run by ONNX Runtime
+    "ds int8 + SmoothQuant 0.5 + int8 emb, ONNX Runtime": {"emb": "int8", "backend": "ort-int8", "smooth": 0.5},
     "ds int8 (FFN-out fp32) + int8 emb": {"emb": "int8", "skip": ("ffn_out",)},
     "ds heads 25% + FFN 25% + distill, int8": {"heads": 0.25, "ffn": 0.25, "distill": True, "emb": "int8"},
     "ds heads 25% + FFN 50% + distill, int8": {"heads": 0.25, "ffn": 0.5, "distill": True, "emb": "int8"},
@@ -157,6 +160,21 @@ def build_inductor(name: str, model: torch.nn.Module, spec: dict[str, Any], lat_
     return Candidate(name, enc, art.nbytes, note)
 
 
+def build_ort_int8(name: str, model: torch.nn.Module, spec: dict[str, Any], example: tuple, calib: list,
+                   stem: Path, threads: int, note: str) -> Candidate:
+    """``quantize_int8`` (as ``build_inductor``), saved and loaded, then ``deepshrink export``'s ONNX of the
+    loaded model (integer ops: per-token uint8 QuantizeLinear, MatMulInteger with the int8 codes) in ONNX
+    Runtime. Bytes: the ONNX file."""
+    t0 = time.time()
+    qmodel = quantize_int8(model, calibration=calib, smooth=spec.get("smooth"))
+    path = stem.with_suffix(".dsa")
+    art = deepshrink.save(qmodel, path)
+    fp = export_onnx(deepshrink.load(path), stem.with_suffix(".int8.onnx"), example)
+    note += (f"; quantize + save + export {time.time() - t0:.0f}s; bytes: the ONNX file (the deepshrink artifact "
+             f"it came from: {art.nbytes / 1e6:.1f} MB)")
+    return Candidate(name, OrtEncoder(fp, threads), fp.stat().st_size, note)
+
+
 def build_ds(name: str, spec: dict[str, Any], fp32: torch.nn.Module, tok: Any, calib: list, train: list[str],
              steps: int, example: tuple, work: Path, threads: int, lat_example: tuple | None = None) -> Candidate:
     model = copy.deepcopy(fp32)
@@ -181,6 +199,9 @@ def build_ds(name: str, spec: dict[str, Any], fp32: torch.nn.Module, tok: Any, c
     stem = work / name.replace(" ", "_").replace("%", "pct").replace("/", "-").replace(",", "").replace("+", "")
     if spec.get("backend") == "inductor":
         return build_inductor(name, model, spec, lat_example or example, calib, stem, threads,
+                              f"{structure(model)}; build {time.time() - t0:.0f}s")
+    if spec.get("backend") == "ort-int8":
+        return build_ort_int8(name, model, spec, example, calib, stem, threads,
                               f"{structure(model)}; build {time.time() - t0:.0f}s")
     fp = export_onnx(model, stem.with_suffix(".fp32.onnx"), example)
     n_layers = len(structure(model)["ffn"])

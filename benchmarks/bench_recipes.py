@@ -69,6 +69,19 @@ CLAIMS: dict[str, dict] = {
 }
 
 
+# The CPU the byte claims were measured on (AMD EPYC, AVX2 without AVX-512; benchmarks/RESULTS.md).
+CLAIM_ISA = "AVX2"
+
+
+def cpu_isa() -> str:
+    """``AVX-512`` when this CPU has it (x86 Linux), else ``AVX2``: the SIMD width that sets float-sum order."""
+    try:
+        flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return "AVX-512" if " avx512f" in flags else "AVX2"
+
+
 def _baseline_key(recipe_path: Path) -> str:
     r = load_recipe(recipe_path)
     d = recipe_to_dict(r)
@@ -112,10 +125,15 @@ def verdict(name: str, rep: dict) -> tuple[str, str]:
         ref.append(f"{m:.1f}x +- {sd:.1f}")
         checks.append(abs(rep["compression_ratio"] - m) <= max(3 * sd, 0.02 * m))
     if "seed0_bytes" in claim and rep.get("seed") == 0:
-        ref.append(f"seed 0: {claim['seed0_bytes']:,} B")
         # 64 B: the metadata names the recipe and stage differently; the tensor streams are identical when the
-        # training ran at the benchmark's 1 thread (at 2 threads float sums differ, so do weights and bytes)
-        checks.append(abs(final["artifact_bytes"] - claim["seed0_bytes"]) <= 64)
+        # training ran at the benchmark's 1 thread (at 2 threads float sums differ, so do weights and bytes) on
+        # the claim's kind of CPU. Another SIMD width sums floats in another order: the masks and shared
+        # weights differ a little, so the Huffman-coded bytes do too; there the check allows 0.5%.
+        same_cpu = cpu_isa() == CLAIM_ISA
+        slack = 64 if same_cpu else max(64, round(0.005 * claim["seed0_bytes"]))
+        ref.append(f"seed 0: {claim['seed0_bytes']:,} B" + ("" if same_cpu else
+                                                            f" on {CLAIM_ISA} (here {cpu_isa()}: +- {slack} B)"))
+        checks.append(abs(final["artifact_bytes"] - claim["seed0_bytes"]) <= slack)
     if "agree" in claim:  # one query of 200 may flip at another thread count (float sums in another order)
         ref.append(f"agreement {claim['agree']:.3f}")
         checks.append(abs(final["accuracy"] - claim["agree"]) <= 0.0051)
