@@ -269,6 +269,7 @@ def load(path: str | os.PathLike[str], model: nn.Module | None = None) -> nn.Mod
     if not isinstance(arch, dict) or not isinstance(arch.get("zoo"), str) or not isinstance(
             arch.get("kwargs", {}), dict):
         raise CorruptArtifactError(f"{where}: malformed architecture record")
+    user_model = model is not None
     if model is not None:
         if not isinstance(model, nn.Module):
             raise ConfigError(f"load: model must be an nn.Module built like the saved one, got {type(model).__name__}")
@@ -282,20 +283,31 @@ def load(path: str | os.PathLike[str], model: nn.Module | None = None) -> nn.Mod
         if arch["zoo"] not in MODELS:
             raise CorruptArtifactError(f"{where}: unknown architecture {arch['zoo']!r}")
         model = _rebuild(arch["zoo"], arch.get("kwargs", {}), where)
-    model = _replay_structure(model, arch, where)
-    expected = model.state_dict()
-    stored = meta.get("tensors")
-    if not isinstance(stored, dict) or set(stored) != set(expected):
-        names = set(stored) if isinstance(stored, dict) else set()
-        extra = sorted(names - set(expected))[:3]
-        missing = sorted(set(expected) - names)[:3]
-        raise CorruptArtifactError(f"{where}: tensors do not match the architecture "
-                                   f"(unknown {extra}, missing {missing})")
+    given = model if user_model else None
+    try:
+        model = _replay_structure(model, arch, where)
+        expected = model.state_dict()
+        stored = meta.get("tensors")
+        if not isinstance(stored, dict) or set(stored) != set(expected):
+            names = set(stored) if isinstance(stored, dict) else set()
+            extra = sorted(names - set(expected))[:3]
+            missing = sorted(set(expected) - names)[:3]
+            raise CorruptArtifactError(f"{where}: tensors do not match the architecture "
+                                       f"(unknown {extra}, missing {missing})")
+        for name, tmeta in stored.items():
+            if not isinstance(tmeta, dict) or tmeta.get("shape") != list(expected[name].shape):
+                raise CorruptArtifactError(f"{where}: tensor {name} has the wrong shape for the architecture")
+    except CorruptArtifactError as exc:
+        if given is None:
+            raise
+        # a sound file and a model of another architecture: the caller's mistake, not corruption
+        saved = user_model_name(arch) or arch["zoo"]
+        reason = str(exc).removeprefix(f"{where}: ")
+        raise ModelError(f"{where} does not fit the {type(given).__name__} passed as model= (the file holds "
+                         f"{saved[:120]}): {reason}") from None
     state = {}
     for name, tmeta in stored.items():
         shape = tuple(expected[name].shape)
-        if not isinstance(tmeta, dict) or tmeta.get("shape") != list(shape):
-            raise CorruptArtifactError(f"{where}: tensor {name} has the wrong shape for the architecture")
         state[name] = T.decode_tensor(tmeta, shape, box.blobs, f"{where}: {name}").to(expected[name].dtype)
     model.load_state_dict(state, strict=True)
     setattr(model, ARCH_ATTR, copy.deepcopy(arch))  # the record it was built from: saved again, it reloads the same

@@ -28,6 +28,9 @@ class PointwiseConv2d(nn.Conv2d):
     with no copy and returns a channels-last output (the layout depthwise convs run fastest in).
     """
 
+    #: a Conv2d to structured pruning's graph (traced as one node, cut like any 1x1 convolution)
+    deepshrink_leaf = True
+
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
         super().__init__(in_channels, out_channels, 1, bias=bias)
 

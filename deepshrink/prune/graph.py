@@ -66,9 +66,22 @@ class _Tracer(fx.Tracer):
         super().__init__()
         self.root_module = root
         self.example = example
+        self._concrete_runs = 0  # > 0 while the partial graph runs on real tensors (fx's patches step aside)
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        # fx patches nn.Module.__getattr__ for the whole trace: without this, a concrete run would see
+        # Proxies for every parameter and recurse into to_bool forever
+        if self._concrete_runs:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        if self._concrete_runs:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if is_attention(m) or isinstance(m, nn.MultiheadAttention):
+        if is_attention(m) or isinstance(m, nn.MultiheadAttention) or getattr(m, "deepshrink_leaf", False):
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -77,8 +90,12 @@ class _Tracer(fx.Tracer):
         env: dict[fx.Node, fx.Node] = {}
         g.graph_copy(self.graph, env)
         g.output(env[obj.node])
-        with torch.no_grad():
-            return _Direct(fx.GraphModule(self.root_module, g)).run(*self.example)
+        self._concrete_runs += 1
+        try:
+            with torch.no_grad():
+                return _Direct(fx.GraphModule(self.root_module, g)).run(*self.example)
+        finally:
+            self._concrete_runs -= 1
 
     def to_bool(self, obj: fx.Proxy) -> bool:
         return bool(self._concrete(obj))
@@ -263,6 +280,10 @@ class _Builder:
             return None
         if isinstance(m, PASS_MODULES):
             return inp
+        if isinstance(m, nn.modules.conv._ConvTransposeNd):  # weight (in, out / groups, k...): not a _ConvNd cut
+            self.block_all(node, f"{name}: transposed convolutions are not pruned")
+            self.g.notes[name] = f"{type(m).__name__} is left intact (its channels and its input's)"
+            return None
         if isinstance(m, nn.modules.conv._ConvNd):
             if inp is not None and inp[1] != 1:
                 self.g.block(inp[0], f"{name}: channels not on axis 1")

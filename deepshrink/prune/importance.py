@@ -9,6 +9,8 @@ as the activation criteria do). Criteria that need data (activations, gradients)
 
 from __future__ import annotations
 
+import inspect
+
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -366,16 +368,17 @@ def _weight_param(module: nn.Module) -> torch.Tensor:
 
 
 CRITERIA: Registry[Callable[..., Importance]] = Registry("importance criterion")
-CRITERIA.add("l1", lambda **kw: MagnitudeImportance(p=1))
-CRITERIA.add("l2", lambda **kw: MagnitudeImportance(p=2))
-CRITERIA.add("random", lambda seed=0, **kw: RandomImportance(seed))
-CRITERIA.add("threshold", lambda **kw: ThresholdImportance())
-CRITERIA.add("std", lambda **kw: StdImportance())
-CRITERIA.add("activation", lambda max_batches=8, stat="std", **kw: ActivationImportance(max_batches, stat))
-CRITERIA.add("apoz", lambda max_batches=8, **kw: APoZImportance(max_batches))
-CRITERIA.add("taylor", lambda max_batches=8, micro_batch=16, **kw: TaylorImportance(max_batches, micro_batch))
-CRITERIA.add("taylor_train", lambda max_batches=8, micro_batch=16, stat="mean", **kw:
-             TrainingTaylorImportance(max_batches, micro_batch, stat=stat))
+CRITERIA.add("l1", lambda: MagnitudeImportance(p=1))
+CRITERIA.add("l2", lambda: MagnitudeImportance(p=2))
+CRITERIA.add("random", lambda seed=0: RandomImportance(seed))
+CRITERIA.add("threshold", lambda: ThresholdImportance())
+CRITERIA.add("std", lambda: StdImportance())
+CRITERIA.add("activation", lambda max_batches=8, stat="std": ActivationImportance(max_batches, stat))
+CRITERIA.add("apoz", lambda max_batches=8: APoZImportance(max_batches))
+CRITERIA.add("taylor", lambda max_batches=8, micro_batch=16, loss_fn=None:
+             TaylorImportance(max_batches, micro_batch, loss_fn))
+CRITERIA.add("taylor_train", lambda max_batches=8, micro_batch=16, stat="mean", loss_fn=None:
+             TrainingTaylorImportance(max_batches, micro_batch, loss_fn=loss_fn, stat=stat))
 
 
 def get_importance(spec: str | Importance, **kwargs: Any) -> Importance:
@@ -385,4 +388,10 @@ def get_importance(spec: str | Importance, **kwargs: Any) -> Importance:
         return spec
     if not isinstance(spec, str):
         raise ConfigError(f"importance must be a criterion name or an Importance, got {type(spec).__name__}")
-    return CRITERIA.get(spec)(**kwargs)
+    factory = CRITERIA.get(spec)
+    accepted = inspect.signature(factory).parameters
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ConfigError(f"importance {spec!r} takes {', '.join(accepted) or 'no options'}; got unknown "
+                          f"{', '.join(unknown)}")
+    return factory(**kwargs)

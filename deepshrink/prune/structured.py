@@ -12,7 +12,6 @@ intact and listed.
 from __future__ import annotations
 
 import copy
-import fnmatch
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -148,14 +147,47 @@ def _must(graph: ChannelGraph, g: int) -> int:
     return math.lcm(blocks, multiple)
 
 
-def _ratio_for(names: Sequence[str], ratio: float | Mapping[str, float]) -> float:
+def _ratio_for(names: Sequence[str], ratio: float | Mapping[Pattern, float],
+               named: Mapping[str, nn.Module] | None = None) -> float:
+    """The ratio of a group whose producers are ``names``: the last ``ratio`` pattern (a glob, ``re:<regex>``
+    or a module type, as ``ignore``) that matches one of them, else ``"*"``."""
     if not isinstance(ratio, Mapping):
         return ratio
     value = ratio.get("*", 0.0)
     for pat, r in ratio.items():
-        if any(fnmatch.fnmatchcase(n, pat) for n in names):
+        if pat != "*" and any(matches(pat, n, (named or {}).get(n)) for n in names):
             value = r
     return value
+
+
+def _tied_params(model: nn.Module) -> list[list[tuple[str, str]]]:
+    """(module, attribute) pairs sharing one Parameter object (e.g. an embedding tied to the output head)."""
+    owners: dict[int, list[tuple[str, str]]] = {}
+    for mod_name, mod in model.named_modules():
+        for attr, p in mod.named_parameters(recurse=False):
+            owners.setdefault(id(p), []).append((mod_name, attr))
+    return [o for o in owners.values() if len(o) > 1]
+
+
+def _retie(model: nn.Module, tied: list[list[tuple[str, str]]]) -> None:
+    """Make tied parameters one object again after slicing (each owner's slice was a new Parameter). Owners
+    cut differently cannot share a tensor: a ModelError rather than a silently untied model."""
+    for owners in tied:
+        first = getattr(model.get_submodule(owners[0][0]), owners[0][1])
+        for mod_name, attr in owners[1:]:
+            other = getattr(model.get_submodule(mod_name), attr)
+            if other is first:
+                continue
+            if other.shape != first.shape or not torch.equal(other, first):
+                raise ModelError(f"{owners[0][0]}.{owners[0][1]} and {mod_name}.{attr} share one weight, which "
+                                 "pruning would cut differently; exclude one of them (ignore=...)")
+            setattr(model.get_submodule(mod_name), attr, first)
+
+
+def _check_ratio_patterns(ratio: Mapping[Pattern, float], named: Mapping[str, nn.Module]) -> None:
+    for pat in ratio:
+        if pat != "*" and not any(matches(pat, n, m) for n, m in named.items() if n):
+            raise ConfigError(f"ratio pattern {pat!r} matches no layer")
 
 
 def structured_with_report(
@@ -173,6 +205,8 @@ def structured_with_report(
     for _, mod in model.named_modules():
         if parametrize.is_parametrized(mod):
             raise ModelError("model still carries masks/parametrizations; call remove_masks() first")
+    if isinstance(ratio, Mapping):
+        _check_ratio_patterns(ratio, dict(model.named_modules()))
     pruned = copy.deepcopy(model).eval()
     gm, graph = build_graph(pruned, example_inputs)
     named = dict(pruned.named_modules())
@@ -206,13 +240,15 @@ def structured_with_report(
             counts[g] = _keep_count(len(s), 1 - max(n, 1) / len(s), round_to, _must(graph, g))
     else:
         for g in free:
-            counts[g] = _keep_count(graph.lengths[g], _ratio_for(producers[g], ratio), round_to, _must(graph, g))
+            counts[g] = _keep_count(graph.lengths[g], _ratio_for(producers[g], ratio, named), round_to,
+                                    _must(graph, g))
     for g, n in counts.items():
         if n < 1:
             raise ModelError(f"pruning would leave {producers[g][0]} with zero channels")
         keep[g] = select(scores[g], n, graph.constraint(g)[0])
         mods = sorted({m.module for m in free[g]})
         report.groups.append(GroupRow(producers[g][0], mods, graph.lengths[g], n))
+    tied = _tied_params(pruned)
     for mem in graph.members:
         roots = {graph.find(s.gid) for s in mem.segs}
         if not roots & set(keep):
@@ -222,10 +258,11 @@ def structured_with_report(
         else:
             idx = seg_index(mem.segs, keep, graph.find)
         apply_member(pruned, mem, idx)
+    _retie(pruned, tied)
     if heads:
         for name in graph.attention:
             attn = pruned.get_submodule(name)
-            r = _ratio_for([name], ratio)
+            r = _ratio_for([name], ratio, named)
             n = attn.heads - math.floor(r * attn.heads)
             if n < attn.heads:
                 hk = head_scores(name, attn, imp).topk(n).indices.sort().values

@@ -321,7 +321,17 @@ def _preflight(recipe: S.Recipe, model: nn.Module, lines: LineMap | None, source
     if isinstance(arch, dict) and arch.get("zoo") == "hf_bert":
         raise ModelError(f"{type(model).__name__} is a sentence encoder: use a text dataset (--data pydocs)")
     masked = None  # the first stage that leaves pruning masks on the weights
+    coded = None  # the first stage that quantizes or shares weights
     for i, stage in enumerate(recipe.stages):
+        if isinstance(stage, S.PruneStage) and stage.method == "structured":
+            earlier = masked if masked is not None else coded
+            if earlier is not None:
+                what = "left pruning masks on the weights" if masked is not None else "quantized the weights"
+                raise StageError(f"{_where(i, stage, lines, source)}: structured pruning removes whole channels "
+                                 f"of plain weights, and stage {earlier} {what}: put the structured stage "
+                                 "before it")
+        if isinstance(stage, (S.QuantizeStage, S.ClusterStage)) and coded is None:
+            coded = i
         if isinstance(stage, S.PruneStage) and stage.method in ("magnitude", "unstructured") and masked is None:
             masked = i
         if isinstance(stage, S.ClusterStage):
@@ -334,13 +344,14 @@ def _preflight(recipe: S.Recipe, model: nn.Module, lines: LineMap | None, source
             raise StageError(f"{_where(i, stage, lines, source)}: needs a text dataset (e.g. --data pydocs) and a "
                              "BERT-family sentence encoder (e.g. --model minilm)")
     for i, stage in enumerate(recipe.stages):
-        if isinstance(stage, (S.FactorizeStage, S.DistillStage)) or (
-                isinstance(stage, S.PruneStage) and stage.method == "structured"):
+        if isinstance(stage, (S.FactorizeStage, S.DistillStage)):
             return
         try:
             ops.check_selection(model, stage)
         except ConfigError as exc:
             raise StageError(f"{_where(i, stage, lines, source)}: {exc}") from None
+        if isinstance(stage, S.PruneStage) and stage.method == "structured":
+            return  # later stages see other layer names
 
 
 def _execute(run: _Run, state: ops.RunState, folder: Path, names: list[str], splits: Any,

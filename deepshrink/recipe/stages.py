@@ -82,11 +82,22 @@ def check_selection(model: nn.Module, stage: Any) -> None:
     if isinstance(stage, (S.FinetuneStage, S.DistillStage, S.ExportStage)):
         return
     if isinstance(stage, S.PruneStage) and stage.method == "structured":
+        from deepshrink.prune.select import matches
+
+        named = [(n, m) for n, m in model.named_modules() if n]
+        for kind, patterns in (("overrides", list(stage.overrides)), ("exclude", list(stage.exclude))):
+            for p in patterns:
+                if not any(matches(S.resolve_pattern(p), n, m) for n, m in named):
+                    raise ConfigError(f"{kind} pattern {p!r} matches no layer of {type(model).__name__}")
         return
     selected = select(model, stage)
-    for attr in ("overrides", "index_bits_overrides"):
-        if getattr(stage, attr, None):
-            per_layer(selected, getattr(stage, attr), 0)
+    for attr in ("overrides", "index_bits_overrides", "skip"):
+        patterns = getattr(stage, attr, None)
+        if patterns:
+            try:
+                per_layer(selected, dict.fromkeys(patterns, 0) if attr == "skip" else patterns, 0)
+            except ConfigError as exc:
+                raise ConfigError(f"{attr}: {str(exc).replace('override pattern', 'pattern')}") from None
 
 
 def finetune(stage: S.FinetuneStage, state: RunState, name: str) -> None:
@@ -107,8 +118,7 @@ def prune(stage: S.PruneStage, state: RunState, name: str) -> None:
 
         ratio: Any = stage.sparsity
         if stage.overrides:
-            ratio = {"*": stage.sparsity, **{S.pattern_regex(k) if k.startswith("re:") else k: v
-                                             for k, v in stage.overrides.items()}}
+            ratio = {"*": stage.sparsity, **{S.resolve_pattern(k): v for k, v in stage.overrides.items()}}
         state.model = structured(model, state.example, ratio=ratio, importance=stage.importance,
                                  ignore=[S.resolve_pattern(p) for p in stage.exclude], round_to=stage.round_to)
         if stage.retrain is not None:

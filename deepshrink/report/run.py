@@ -245,7 +245,8 @@ def trial_rows(run: Mapping[str, Any]) -> list[list[object]]:
 def summary_line(run: Mapping[str, Any]) -> str:
     """One sentence: final size, ratio and accuracy change against the baseline."""
     rows = stage_rows(run)
-    first, last = rows[0], rows[-1]
+    stored = [r for r in rows[1:] if r["kind"] != "export"]  # an export row measures another file format
+    first, last = rows[0], (stored[-1] if stored else rows[0])
     parts = [f"{run['model']} on {run['dataset']}, recipe {run['recipe']}: {len(rows) - 1} stage(s)."]
     if last["artifact_bytes"] is not None and first["artifact_bytes"] is not None:
         parts.append(f"Artifact {format_bytes(first['artifact_bytes'])} -> {format_bytes(last['artifact_bytes'])}"

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import deepshrink
-from deepshrink.core.errors import ArtifactError, ConfigError
+from deepshrink.core.errors import ArtifactError, ConfigError, ModelError
 from deepshrink.factorize import FactorSpec, factorize
 from deepshrink.models import create
 from deepshrink.prune.structured import structured
@@ -68,7 +68,7 @@ def test_a_factorized_user_model_loads_into_the_original_architecture(tmp_path):
 
 def test_the_wrong_architecture_or_no_module_is_a_clear_error(tmp_path):
     deepshrink.save(_net(0), tmp_path / "n.dsk")
-    with pytest.raises(ArtifactError, match="tensors do not match the architecture"):
+    with pytest.raises(ModelError, match="does not fit the Sequential passed as model=.*tensors do not match"):
         deepshrink.load(tmp_path / "n.dsk", model=nn.Sequential(nn.Linear(2, 2)))
     with pytest.raises(ConfigError, match="model must be an nn.Module"):
         deepshrink.load(tmp_path / "n.dsk", model="Net")

@@ -161,6 +161,16 @@ def _bad_cases(tmp: Path) -> list[tuple[str, list[str], str, int]]:
         ("k-means on masked weights", ["run", swap("kind: cluster\n    bits: 4", "kind: quantize\n    scheme: kmeans\n"
                                                    "    bits: 4", "km.yaml"), "--out", out],
          "stage 2 (quantize): scheme kmeans needs plain weights", 1),
+        ("structured after masks", ["run", swap("kind: cluster\n    bits: 4", "kind: prune\n    method: structured\n"
+                                                "    sparsity: 0.5", "sm.yaml"), "--out", out],
+         "sm.yaml:13: stage 2 (prune): structured pruning removes whole channels of plain weights, and stage 1 left "
+         "pruning masks", 1),
+        ("structured pattern typo", ["run", swap("method: magnitude\n    sparsity: 0.7", "method: structured\n"
+                                                 "    sparsity: 0.5\n    overrides: {nosuch*: 0.3}", "so.yaml"),
+                                     "--out", out], "so.yaml:10: stage 1 (prune): overrides pattern 'nosuch*' matches no", 1),
+        ("quantize skip typo", ["run", swap("kind: cluster\n    bits: 4", "kind: quantize\n    scheme: int\n"
+                                            "    bits: 4\n    skip: [nosuch*]", "sk.yaml"), "--out", out],
+         "sk.yaml:13: stage 2 (quantize): skip: pattern 'nosuch*' matches no selected layer", 1),
         ("sparsity 1.5", ["run", swap("sparsity: 0.7", "sparsity: 1.5", "s.yaml"), "--out", out], "sparsity", 2),
         ("unknown key", ["run", swap("bits: 4", "bitz: 4", "u.yaml"), "--out", out], "bitz: unknown key", 2),
         ("wrong type", ["run", swap("epochs: 2", "epochs: two", "t.yaml"), "--out", out], "epochs", 2),

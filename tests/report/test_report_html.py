@@ -87,3 +87,13 @@ def test_html_is_self_contained_with_all_plots_and_rows(tmp_path) -> None:
     assert layers[1][5] == "50"  # half of layer 1 is zero in the final stage
     assert "<script" not in text.lower() and "<link" not in text.lower()
     assert "r &amp; d" in text  # escaped
+
+
+def test_the_headline_measures_the_last_stored_artifact_not_an_export() -> None:
+    from deepshrink.report.run import summary_line
+
+    run = _run()
+    export = dict(run["stages"][0], name="export", kind="export", artifact_bytes=390)  # an ONNX file
+    line = summary_line({**run, "stages": [*run["stages"], export]})
+    assert "Artifact 400 B -> 150 B (2.7x smaller)" in line
+    assert "390" not in line
