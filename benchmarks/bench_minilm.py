@@ -42,7 +42,7 @@ from deepshrink.measure import compare_latency  # noqa: E402
 from deepshrink.measure.embedding import EmbeddingEvaluator, default_split  # noqa: E402
 from deepshrink.report.tables import markdown_table  # noqa: E402
 from deepshrink.transformers import (  # noqa: E402
-    DistillConfig, compress_embedding, distill, drop_layers, encode, load_minilm, minilm_path, ort_quantize,
+    DistillConfig, compress_embedding, distill, drop_layers, encode, load_minilm, minilm_path, ort_fuse, ort_quantize,
     prune_ffn, prune_heads, quantize_linears, structure, tokenize,
 )
 from deepshrink.transformers.inductor import FFN_OUT, compile_int8, trim_padding  # noqa: E402
@@ -85,6 +85,13 @@ def _est_int8_bytes(model: torch.nn.Module) -> int:
 
 def export_onnx(model: torch.nn.Module, path: Path, example: tuple[torch.Tensor, torch.Tensor]) -> Path:
     return export_model(model, path, "onnx", example, dynamic_axes=default_dynamic_axes(example, 1, sequence=True))
+
+
+def with_attention(model: torch.nn.Module, impl: str) -> torch.nn.Module:
+    """A copy of a sentence encoder that runs attention as ``impl`` (``eager``: the graph ORT's fusion knows)."""
+    out = copy.deepcopy(model)
+    out.bert.config._attn_implementation = impl
+    return out
 
 
 def skip_patterns(kinds: Any, n_layers: int) -> list[str]:
@@ -169,9 +176,11 @@ def build_ort_int8(name: str, model: torch.nn.Module, spec: dict[str, Any], exam
     qmodel = quantize_int8(model, calibration=calib, smooth=spec.get("smooth"))
     path = stem.with_suffix(".dsa")
     art = deepshrink.save(qmodel, path)
-    fp = export_onnx(deepshrink.load(path), stem.with_suffix(".int8.onnx"), example)
-    note += (f"; quantize + save + export {time.time() - t0:.0f}s; bytes: the ONNX file (the deepshrink artifact "
-             f"it came from: {art.nbytes / 1e6:.1f} MB)")
+    fp = export_onnx(with_attention(deepshrink.load(path), "eager"), stem.with_suffix(".int8.onnx"), example)
+    fp, stats = ort_fuse(fp, stem.with_suffix(".int8.fused.onnx"))  # no Attention: its MatMuls are integer
+    note += (f"; quantize + save + export {time.time() - t0:.0f}s; fused: "
+             f"{', '.join(f'{k} {v}' for k, v in sorted(stats.items()))}; bytes: the ONNX file (the deepshrink "
+             f"artifact it came from: {art.nbytes / 1e6:.1f} MB)")
     return Candidate(name, OrtEncoder(fp, threads), fp.stat().st_size, note)
 
 
@@ -226,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--torchao", choices=["both", "weight-only", "none"], default="both",
                     help="torchao peers (its eager dynamic-activation path takes ~10 s per batch on 2 cores)")
     ap.add_argument("--result-name", default=None)
+    ap.add_argument("--no-fused", action="store_true", help="skip the BERT-fused ONNX Runtime peer rows")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -275,6 +285,18 @@ def main(argv: list[str] | None = None) -> None:
     ort_pc = cands[-1]
     cands.append(Candidate(ORT_TRIMMED, lambda i, m, f=ort_pc.fn: f(*trim_padding(i, m)), ort_pc.nbytes,
                            "the same session; all-padding columns cut first"))
+    if not args.no_fused:
+        # ONNX Runtime at its best: optimum's recipe, BERT fusion (Attention, SkipLayerNorm, ...) of an
+        # eager-attention export, then its dynamic int8 (QAttention + MatMulInteger)
+        eager = export_onnx(with_attention(fp32, "eager"), work / "fp32_eager.onnx", tokenize(tok, train[:4]))
+        fused, stats = ort_fuse(eager, work / "fp32_fused.onnx", num_heads=12, hidden_size=384)
+        note = "BERT-fused: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.items()))
+        cands.append(Candidate("ONNX Runtime fp32, BERT-fused", OrtEncoder(fused, args.threads),
+                               fused.stat().st_size, note))
+        for per_channel in (False, True):
+            q = ort_quantize(fused, work / f"ort_fused_int8_{per_channel}.onnx", per_channel=per_channel)
+            cands.append(Candidate(f"ONNX Runtime dynamic int8{' per-channel' if per_channel else ''}, BERT-fused",
+                                   OrtEncoder(q, args.threads), q.stat().st_size, note + "; QAttention"))
     for name in names:
         print(f"building {name} ...", flush=True)
         cands.append(build_ds(name, DS_CONFIGS[name], fp32, tok, calib, train, steps, tokenize(tok, train[:4]),

@@ -70,10 +70,48 @@ def ort_quantize(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, pe
             warnings.simplefilter("ignore")
             quantize_dynamic(str(src), str(tmp), per_channel=per_channel, reduce_range=reduce_range,
                              weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
-                             extra_options=dict(extra or {}))
+                             extra_options={"DefaultTensorType": 1, **(extra or {})})  # FLOAT: fused graphs
         atomic_write_bytes(dst, tmp.read_bytes())
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types
         raise ModelError(f"onnxruntime cannot quantize {src}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
     return dst
+
+
+def ort_fuse(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, num_heads: int = 0,
+             hidden_size: int = 0) -> tuple[Path, dict[str, int]]:
+    """ONNX Runtime's BERT graph fusion (``onnxruntime.transformers.optimizer``: Attention, EmbedLayerNormalization,
+    SkipLayerNormalization, BiasGelu) of an exported encoder, written atomically to ``dst``; returns the path and
+    the count of each fused operator. Attention fuses only in a graph exported with eager attention
+    (``load_encoder(..., attn_implementation="eager")``): the SDPA export's masking ops hide the pattern, and it
+    needs ``num_heads`` and ``hidden_size`` (the same in every layer: not for head-pruned encoders, whose other
+    fusions still apply). What optimum's ORT optimization does."""
+    try:
+        from onnxruntime.transformers import optimizer
+    except ImportError:
+        raise ConfigError("onnxruntime is not installed: pip install 'deepshrink[onnx]'") from None
+    from deepshrink.core.fileio import atomic_write_bytes
+
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise ConfigError(f"ONNX file {src} does not exist")
+    import logging
+
+    quiet = [logging.getLogger(n) for n in ("onnxruntime.transformers", "fusion_base", "onnx_model")]
+    levels = [lg.level for lg in quiet]
+    for lg in quiet:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = optimizer.optimize_model(str(src), model_type="bert", num_heads=num_heads,
+                                             hidden_size=hidden_size, opt_level=1)
+        stats = {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
+        atomic_write_bytes(dst, model.model.SerializeToString())
+    except Exception as exc:  # noqa: BLE001 - the optimizer raises many types
+        raise ModelError(f"onnxruntime cannot fuse {src}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+    finally:
+        for lg, level in zip(quiet, levels):
+            lg.setLevel(level)
+    return dst, stats

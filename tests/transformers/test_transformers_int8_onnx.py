@@ -93,3 +93,19 @@ def test_a_pruned_vocabulary_checks_ids_against_the_original_one(tiny, tokenizer
     deepshrink.save(tiny, tmp_path / "v.dsk")
     with pytest.raises(DataError, match="vocabulary of 30522"):
         deepshrink.load(tmp_path / "v.dsk")(torch.tensor([[30522]]), torch.ones(1, 1, dtype=torch.long))
+
+
+def test_ort_fusion_of_an_eager_attention_export_matches_pytorch(tokenizer, sentences, tmp_path) -> None:
+    from deepshrink.transformers import build_encoder, ort_fuse, ort_quantize
+
+    torch.manual_seed(0)
+    model = build_encoder({"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+                           "intermediate_size": 64, "max_position_embeddings": 64},
+                          attn_implementation="eager").eval()
+    example = tokenize(tokenizer, sentences[:2])
+    path = _export(model, tmp_path / "e.onnx", example)
+    fused, stats = ort_fuse(path, tmp_path / "f.onnx", num_heads=4, hidden_size=32)
+    assert stats.get("Attention") == 2 and stats.get("SkipLayerNormalization") == 4
+    assert check_onnx(model, fused, tokenize(tokenizer, sentences), rtol=1e-3, atol=1e-5) <= 1e-5
+    q = ort_quantize(fused, tmp_path / "q.onnx")  # fused graphs quantize too (QAttention)
+    assert "QAttention" in {n.op_type for n in onnx.load(str(q)).graph.node}
