@@ -50,19 +50,27 @@ def onnx_matmul_nodes(path: str | os.PathLike[str]) -> list[str]:
     return [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")]
 
 
+def _ort_paths(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """``(src, dst)`` as paths; ConfigError when onnxruntime is missing or ``src`` is not a file."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise ConfigError("onnxruntime is not installed: pip install 'deepshrink[onnx]'") from None
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise ConfigError(f"ONNX file {src} does not exist")
+    return src, dst
+
+
 def ort_quantize(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, per_channel: bool = True,
                  skip_patterns: Sequence[str] = (), reduce_range: bool = False,
                  extra: dict[str, Any] | None = None) -> Path:
     """onnxruntime dynamic int8 quantization of ``src`` into ``dst`` (written atomically)."""
-    try:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-    except ImportError:
-        raise ConfigError("onnxruntime is not installed: pip install 'deepshrink[onnx]'") from None
+    src, dst = _ort_paths(src, dst)
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
     from deepshrink.core.fileio import atomic_write_bytes
 
-    src, dst = Path(src), Path(dst)
-    if not src.is_file():
-        raise ConfigError(f"ONNX file {src} does not exist")
     exclude = [n for n in onnx_matmul_nodes(src) if any(p in n for p in skip_patterns)]
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.q.onnx")
     try:
@@ -87,16 +95,12 @@ def ort_fuse(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, num_he
     (``load_encoder(..., attn_implementation="eager")``): the SDPA export's masking ops hide the pattern, and it
     needs ``num_heads`` and ``hidden_size`` (the same in every layer: not for head-pruned encoders, whose other
     fusions still apply). What optimum's ORT optimization does."""
-    try:
-        from onnxruntime.transformers import optimizer
-    except ImportError:
-        raise ConfigError("onnxruntime is not installed: pip install 'deepshrink[onnx]'") from None
-    from deepshrink.core.fileio import atomic_write_bytes
-
-    src, dst = Path(src), Path(dst)
-    if not src.is_file():
-        raise ConfigError(f"ONNX file {src} does not exist")
+    src, dst = _ort_paths(src, dst)
     import logging
+
+    from onnxruntime.transformers import optimizer
+
+    from deepshrink.core.fileio import atomic_write_bytes
 
     quiet = [logging.getLogger(n) for n in ("onnxruntime.transformers", "fusion_base", "onnx_model")]
     levels = [lg.level for lg in quiet]
