@@ -204,7 +204,14 @@ def _batches(data: Any) -> Iterable[torch.Tensor]:
 
 
 def as_tensor_data(data: Any) -> Any:
-    """A numpy array of samples as a tensor (float arrays as float32); anything else unchanged."""
+    """A numpy array or a nested list of numbers (samples) as a tensor, float32 when the values are floats;
+    anything else (a tensor, a dataset, a loader, a list of batches) unchanged."""
+    if isinstance(data, list) and data and isinstance(data[0], (list, tuple)) and data[0] \
+            and isinstance(data[0][0], (int, float)) and not isinstance(data[0][0], bool):
+        try:
+            data = np.asarray(data)
+        except ValueError as exc:  # ragged rows
+            raise DataError(f"calibration data: the samples do not form an array ({exc})") from None
     if isinstance(data, np.ndarray):
         t = torch.from_numpy(np.ascontiguousarray(data))
         return t.float() if t.is_floating_point() else t

@@ -191,6 +191,11 @@ def test_numpy_calibration_is_accepted() -> None:
     with torch.no_grad():
         assert torch.equal(a(x), b(x))
     assert to_int8(mlp(), data).fallbacks == []
+    c = Q.quantize(mlp(), Q.Int8StaticConfig(), data.astype(np.float32).tolist())  # samples as Python lists
+    with torch.no_grad():
+        assert torch.equal(c(x), b(x))
+    with pytest.raises(DataError, match="do not form an array"):
+        Q.quantize(mlp(), Q.Int8StaticConfig(), [[0.0] * 64, [0.0] * 63])
 
 
 def test_meta_models_and_bad_thresholds_are_clear_errors() -> None:
