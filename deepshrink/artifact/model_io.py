@@ -122,11 +122,12 @@ def _encode(name: str, t: torch.Tensor, shared: tuple[torch.Tensor, torch.Tensor
     return best, report
 
 
-def _encode_int_codes(name: str, t: torch.Tensor, bits: int, key: str) -> tuple[T.Encoded, TensorReport]:
-    """Signed integer codes packed at ``bits`` bits (``quantized.encode_int_codes``), decoded exactly."""
+def _encode_int_codes(name: str, t: torch.Tensor, bits: int, key: str,
+                      signed: bool = True) -> tuple[T.Encoded, TensorReport]:
+    """Integer codes packed at ``bits`` bits (``quantized.encode_int_codes``), decoded exactly."""
     from deepshrink.artifact.quantized import encode_int_codes
 
-    enc = encode_int_codes(t, bits, key)
+    enc = encode_int_codes(t, bits, key, signed=signed)
     enc.meta["shape"] = list(t.shape)
     report = TensorReport(name, tuple(t.shape), t.numel(), int((t != 0).sum()), "quant", enc.nbytes, None, bits,
                           enc.streams)
@@ -139,12 +140,15 @@ def encode_model(model: nn.Module, policy: StoragePolicy | None = None,
     tensors_meta: dict[str, Any] = {}
     blobs: dict[str, bytes] = {}
     reports = []
-    # integer buffers a module stores bit-packed (``deepshrink_int_codes``: buffer name -> bits, e.g. Int8Linear)
-    int_codes = {f"{m}.{b}" if m else b: bits for m, module in model.named_modules()
-                 for b, bits in getattr(module, "deepshrink_int_codes", {}).items()}
+    # integer buffers a module stores bit-packed (``deepshrink_int_codes``: buffer name -> bits, signed, e.g.
+    # Int8Linear; ``deepshrink_uint_codes``: unsigned, e.g. codebook indices)
+    int_codes = {f"{m}.{b}" if m else b: (bits, attr == "deepshrink_int_codes")
+                 for m, module in model.named_modules()
+                 for attr in ("deepshrink_int_codes", "deepshrink_uint_codes")
+                 for b, bits in getattr(module, attr, {}).items()}
     for i, (name, (t, shared)) in enumerate(plain_state(model).items()):
         if name in int_codes and shared is None:
-            enc, rep = _encode_int_codes(name, t, int_codes[name], f"t{i}")
+            enc, rep = _encode_int_codes(name, t, int_codes[name][0], f"t{i}", signed=int_codes[name][1])
         else:
             enc, rep = _encode(name, t, shared, f"t{i}", policy)
         tensors_meta[name] = enc.meta

@@ -132,17 +132,19 @@ def encode_quant(q: QuantizedWeight, key: str) -> T.Encoded:
     return T.Encoded(meta, blobs, {"codes": stats})
 
 
-def encode_int_codes(t: torch.Tensor, bits: int, key: str) -> T.Encoded:
+def encode_int_codes(t: torch.Tensor, bits: int, key: str, *, signed: bool = True) -> T.Encoded:
     """Signed integer codes in ``[-2^(bits-1), 2^(bits-1))`` (e.g. int8 Linear weights kept at 7 bits) as a
     ``quant`` tensor: offset by ``2^(bits-1)``, per-row unit scale and zero point ``2^(bits-1)``, so
-    :func:`decode_quant` gives the integers back exactly (the loader casts them to the buffer's dtype)."""
+    :func:`decode_quant` gives the integers back exactly (the loader casts them to the buffer's dtype).
+    ``signed=False``: codes in ``[0, 2^bits)`` (codebook indices), zero point 0."""
     bits = P.check_bits(bits)
     if t.dim() < 1 or t.numel() == 0 or t.is_floating_point():
         raise ConfigError(f"integer codes must be a non-empty integer tensor, got {t.dtype} {tuple(t.shape)}")
-    half = 2 ** (bits - 1)
+    half = 2 ** (bits - 1) if signed else 0
     lo, hi = int(t.min()), int(t.max())
-    if lo < -half or hi >= half:
-        raise ConfigError(f"integer codes in [{lo}, {hi}] do not fit {bits} signed bits")
+    if lo < -half or hi >= 2**bits - half:
+        raise ConfigError(f"integer codes in [{lo}, {hi}] do not fit {bits} {'signed' if signed else 'unsigned'} "
+                          "bits")
     rows = t.shape[0]
     codes = (t.detach().cpu().to(torch.int64) + half).reshape(rows, 1, -1)
     q = QuantizedWeight(codes, bits, tuple(t.shape), scale=torch.ones(rows, 1, 1),

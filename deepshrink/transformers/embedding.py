@@ -53,6 +53,11 @@ class CodebookEmbedding(nn.Module):
 
     deepshrink_weight_buffers = ("codes",)  # counted as parameters (deepshrink.measure.count)
 
+    @property
+    def deepshrink_uint_codes(self) -> dict[str, int]:
+        """Unsigned integer buffers the artifact stores bit-packed, with their width (``deepshrink.save``)."""
+        return {"codes": self.bits}
+
     def __init__(self, num_embeddings: int, embedding_dim: int, bits: int, padding_idx: int | None = None) -> None:
         super().__init__()
         if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:

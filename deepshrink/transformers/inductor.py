@@ -68,7 +68,7 @@ class CompiledEncoder(nn.Module):
     def __init__(self, compiled: Any, batch_size: int, seq_len: int, pad_id: int, *, quantized: list[str],
                  skipped: list[str], activations: str, smooth: float | None = None,
                  lengths: Sequence[int] = (), threads: int | None = None,
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None, vocab: int | None = None) -> None:
         super().__init__()
         object.__setattr__(self, "_compiled", compiled)  # not a submodule: no mode switching, no state_dict
         self.batch_size, self.seq_len, self.pad_id = batch_size, seq_len, pad_id
@@ -79,6 +79,7 @@ class CompiledEncoder(nn.Module):
         self._refused: dict[int, str] = {}  # length -> why its compile was refused (Dynamo keeps the graph)
         self.device = torch.device(device or "cpu")  # the example's: lengths compiled by ``warm()`` run there
         self.training = False
+        self.vocab = vocab  # token ids must be below it (the compiled lookup does not check)
 
     deepshrink_runtime = "inductor"  # compiled code: no file form (``deepshrink.save``, ``export_model`` refuse it)
 
@@ -113,6 +114,10 @@ class CompiledEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         ids, mask = check_pair(input_ids, attention_mask, "input")
+        if self.vocab is not None and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab):
+            bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+            raise DataError(f"token id {bad} is outside the model's vocabulary of {self.vocab} ids "
+                            f"(0..{self.vocab - 1}); tokenize with this model's tokenizer")
         n, length = ids.shape
         if length > self.seq_len:
             raise ConfigError(f"sequence length {length} is over the compiled length {self.seq_len}; "
@@ -199,6 +204,8 @@ def compile_int8(encoder: nn.Module, example: tuple[torch.Tensor, torch.Tensor],
     _check_positive(threads=threads)
     lengths = _check_lengths(lengths, ids.shape[1], activations)
     pad_id = int(getattr(getattr(encoder, "config", None), "pad_token_id", None) or 0)
+    token_map = getattr(encoder, "token_map", None)
+    vocab = len(token_map) if token_map is not None else getattr(getattr(encoder, "config", None), "vocab_size", None)
     held = int8_linear_names(encoder)
     if held:
         skipped = _check_held(encoder, held, activations, smooth, reduce_range, weight_bits, skip)
@@ -206,7 +213,7 @@ def compile_int8(encoder: nn.Module, example: tuple[torch.Tensor, torch.Tensor],
         compiled = compile_int8_linears(float_copy(encoder), (ids, mask), threads)
         return CompiledEncoder(compiled, ids.shape[0], ids.shape[1], pad_id, quantized=held, skipped=skipped,
                                activations=activations, smooth=None, lengths=lengths, threads=threads,
-                               device=ids.device)
+                               device=ids.device, vocab=vocab)
     if not dynamic and not batches:
         raise DataError("static int8 needs calibration batches")
     if smooth is not None and activations != "per-token":
@@ -228,7 +235,7 @@ def compile_int8(encoder: nn.Module, example: tuple[torch.Tensor, torch.Tensor],
                                 reduce_range=reduce_range, weight_bits=weight_bits, skip=skipped, threads=threads)
     return CompiledEncoder(compiled, ids.shape[0], ids.shape[1], pad_id, quantized=quantized,
                            skipped=skipped, activations=activations, smooth=smooth, lengths=lengths,
-                           threads=threads, device=ids.device)
+                           threads=threads, device=ids.device, vocab=vocab)
 
 
 def _check_lengths(lengths: Sequence[int] | None, seq_len: int, activations: str) -> tuple[int, ...]:

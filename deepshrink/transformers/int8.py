@@ -69,6 +69,8 @@ class _PerTokenMatmul(torch.autograd.Function):
         def const(value: Any, dtype: torch.dtype = torch.float32) -> Any:
             return g.op("Constant", value_t=torch.tensor(value, dtype=dtype))
 
+        if symbolic_helper.GLOBALS.export_onnx_opset_version < 13:
+            raise ModelError("int8 Linear layers export at ONNX opset 13 or higher (per-token QuantizeLinear)")
         float_t = 1  # onnx.TensorProto.FLOAT
         x = g.op("Cast", x, to_i=float_t)
         shape = g.op("Shape", x)

@@ -10,6 +10,7 @@ records the pruned shapes and ``deepshrink.load`` rebuilds them.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,10 @@ class SentenceEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()):
             self._check_ids(input_ids)
+            if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
+                got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else attention_mask
+                raise DataError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
+                                f"got {got}")
         if self.token_map is not None:
             input_ids = self.token_map[input_ids]
         if input_ids.shape[-1] > self.max_length:
@@ -129,6 +134,10 @@ class SentenceEncoder(nn.Module):
 
     def _check_ids(self, input_ids: torch.Tensor) -> None:
         """DataError for token ids the embedding table cannot look up (torch's is an IndexError, or a crash)."""
+        if not isinstance(input_ids, torch.Tensor):
+            raise DataError(f"input_ids must be a tensor of token ids, got {type(input_ids).__name__}")
+        if input_ids.dim() != 2 or input_ids.numel() == 0:
+            raise DataError(f"input_ids must be a non-empty [batch, sequence] tensor, got {tuple(input_ids.shape)}")
         if input_ids.is_floating_point() or input_ids.is_complex():
             raise DataError(f"input_ids must be integer token ids, got {input_ids.dtype}")
         vocab = len(self.token_map) if self.token_map is not None else int(self.config.vocab_size)
@@ -256,6 +265,10 @@ if ZOO_NAME not in MODELS:
     MODELS.add(ZOO_NAME, build_encoder)
 
 
+#: ``model_type`` values whose checkpoints load as ``BertModel`` (same module layout)
+BERT_FAMILY = ("bert",)
+
+
 def load_encoder(path: str | os.PathLike[str] | None = None, *, normalize: bool = True,
                  attn_implementation: str = "sdpa") -> SentenceEncoder:
     """A pretrained BERT-family sentence encoder from a local folder (default: all-MiniLM-L6-v2), eval mode."""
@@ -264,19 +277,30 @@ def load_encoder(path: str | os.PathLike[str] | None = None, *, normalize: bool 
     if not any((folder / n).is_file() for n in ("model.safetensors", "pytorch_model.bin")):
         raise DataError(f"model folder {folder} has no model.safetensors")
     tf = _transformers()
+    try:
+        kind = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise DataError(f"cannot read {folder / 'config.json'}: {str(exc).splitlines()[0]}") from None
+    if kind not in BERT_FAMILY:
+        raise DataError(f"{folder} holds a {kind!r} model; deepshrink's encoder loads the BERT family "
+                        f"({', '.join(BERT_FAMILY)})")
     verbosity = tf.logging.get_verbosity()
     tf.logging.set_verbosity_error()  # the checkpoint's unused pooler weights are expected: no load report
     bars = tf.utils.logging.is_progress_bar_enabled()
     tf.utils.logging.disable_progress_bar()
     try:
-        bert = tf.BertModel.from_pretrained(str(folder), local_files_only=True, add_pooling_layer=False,
-                                            attn_implementation=attn_implementation)
-    except (OSError, ValueError) as exc:
+        bert, info = tf.BertModel.from_pretrained(str(folder), local_files_only=True, add_pooling_layer=False,
+                                                  attn_implementation=attn_implementation, output_loading_info=True)
+    except Exception as exc:  # noqa: BLE001 - transformers and safetensors raise many types on a bad folder
         raise DataError(f"cannot load the model in {folder}: {str(exc).splitlines()[0]}") from None
     finally:
         tf.logging.set_verbosity(verbosity)
         if bars:
             tf.utils.logging.enable_progress_bar()
+    missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("pooler."))
+    if missing:
+        raise DataError(f"{folder}: the checkpoint lacks {len(missing)} of the model's weights (e.g. "
+                        f"{', '.join(missing[:3])}): they would be random; is it a BERT-family checkpoint?")
     bert_layers(bert)
     return SentenceEncoder(bert, normalize=normalize).eval()
 

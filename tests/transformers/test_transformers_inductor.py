@@ -94,6 +94,9 @@ def test_the_compiled_encoder_is_inference_only_and_refuses_longer_sequences(com
         int8(ids, mask)
     with pytest.raises(DataError, match="same shape"):
         int8(ids, mask[:, :5])
+    ids, mask = tokenize(tokenizer, sentences[:2])
+    with pytest.raises(DataError, match="token id 30522 is outside the model's vocabulary"):
+        int8(ids.masked_fill(ids == 102, 30522), mask)  # the compiled lookup would read out of bounds
 
 
 def test_bad_options_are_clear_errors(tiny, tokenizer, sentences) -> None:

@@ -109,3 +109,56 @@ def test_ort_fusion_of_an_eager_attention_export_matches_pytorch(tokenizer, sent
     assert check_onnx(model, fused, tokenize(tokenizer, sentences), rtol=1e-3, atol=1e-5) <= 1e-5
     q = ort_quantize(fused, tmp_path / "q.onnx")  # fused graphs quantize too (QAttention)
     assert "QAttention" in {n.op_type for n in onnx.load(str(q)).graph.node}
+
+
+def test_a_mask_of_another_shape_is_a_data_error(tiny, tokenizer, sentences) -> None:
+    ids, mask = tokenize(tokenizer, sentences[:3])
+    for bad in (mask[:1], mask[:, :-1], mask[0]):
+        with pytest.raises(DataError, match="attention_mask must have the shape of input_ids"):
+            tiny(ids, bad)  # a [1, T] mask was broadcast to every sentence before
+
+
+def test_int8_export_below_opset_13_is_refused(tiny, tokenizer, sentences, tmp_path) -> None:
+    from deepshrink.core.errors import ModelError
+
+    q = quantize_int8(tiny, weight_bits=8)
+    with pytest.raises(ModelError, match="opset 13 or higher"):
+        _export(q, tmp_path / "q.onnx", tokenize(tokenizer, sentences[:2]), 12)
+    assert not (tmp_path / "q.onnx").exists()
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_codebook_embedding_indices_are_bit_packed(tiny, tokenizer, sentences, tmp_path, bits) -> None:
+    q = compress_embedding(tiny, "codebook", bits=bits)
+    report = deepshrink.save(q, tmp_path / "c.dsk")
+    codes = next(r for r in report.tensors if r.name.endswith("word_embeddings.codes"))
+    assert codes.nbytes <= codes.numel * bits / 8 * 1.02
+    ids, mask = tokenize(tokenizer, sentences)
+    with torch.no_grad():
+        assert torch.equal(deepshrink.load(tmp_path / "c.dsk")(ids, mask), q(ids, mask))
+
+
+def test_a_checkpoint_that_does_not_fit_is_refused(tiny, tmp_path) -> None:
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from deepshrink.transformers import load_encoder
+
+    src = tmp_path / "tiny"
+    tiny.bert.save_pretrained(str(src), safe_serialization=True)
+    assert load_encoder(src) is not None  # the checkpoint as saved loads
+    for name, change in (("partial", lambda t: {k: v for k, v in t.items() if ".layer.1." not in k}),
+                         ("renamed", lambda t: {f"0_Transformer.{k}": v for k, v in t.items()})):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text((src / "config.json").read_text())
+        save_file(change(load_file(str(src / "model.safetensors"))), str(folder / "model.safetensors"))
+        with pytest.raises(DataError, match="the checkpoint lacks .* weights"):
+            load_encoder(folder)
+    gpt = tmp_path / "gpt2"
+    gpt.mkdir()
+    (gpt / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    (gpt / "model.safetensors").write_bytes(b"")
+    with pytest.raises(DataError, match="holds a 'gpt2' model"):
+        load_encoder(gpt)
