@@ -19,6 +19,10 @@ def _positive(name: str, value: float | None, *, integer: bool = False) -> None:
         raise ConfigError(f"auto: {name} must be {kind}, got {value!r}")
 
 
+#: the accuracy budget (points) of a run given only a latency target
+LATENCY_ONLY_DROP_PT = 0.5
+
+
 @dataclass(frozen=True)
 class AutoConfig:
     """What to reach and how long to try.
@@ -54,6 +58,9 @@ class AutoConfig:
     def __post_init__(self) -> None:
         if self.max_drop_pt is None and self.target_bytes is None and self.target_latency_ms is None:
             raise ConfigError("auto: give a budget: max accuracy drop, target bytes or target latency")
+        if self.max_drop_pt is None and self.target_bytes is None:
+            # latency alone: pruning and sharing do not change it, so accuracy must not pay for nothing
+            object.__setattr__(self, "max_drop_pt", LATENCY_ONLY_DROP_PT)
         if self.max_drop_pt is not None and (isinstance(self.max_drop_pt, bool) or not isinstance(
                 self.max_drop_pt, (int, float)) or not 0 <= self.max_drop_pt <= 100):
             raise ConfigError(f"auto: max accuracy drop must be in 0..100 points, got {self.max_drop_pt!r}")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +49,9 @@ def prepare(model_spec: str, *, weights: str | None, data: str, out: Path, val_f
             model_args: dict[str, Any] | None = None) -> Inputs:
     """Build ``model_spec`` (zoo name or package.module:factory), load ``weights`` or train on the fit split.
 
-    A trained baseline is cached in ``out`` (``baseline.trained.<epochs>e.s<seed>.v<validation %>.dsk``) so a resumed or
-    repeated run does not train it again. The validation split is held out of the training data.
+    A trained baseline is cached in ``out`` (``baseline.trained.<epochs>e.s<seed>.v<validation %>.<fingerprint>.dsk``,
+    the fingerprint of the model, its arguments, the dataset and the training settings) so a resumed or repeated
+    run does not train it again. The validation split is held out of the training data.
     """
     from deepshrink.artifact import StoragePolicy, save
     from deepshrink.auto.run import split_train
@@ -64,7 +68,12 @@ def prepare(model_spec: str, *, weights: str | None, data: str, out: Path, val_f
         load_weights(model, weights)
         return Inputs(model.eval(), splits, fit, val, example, f"weights {weights}")
     cfg = baseline_config(model_spec, train_epochs, seed)
-    cached = out / f"baseline.trained.{cfg.epochs}e.s{seed}.v{int(round(100 * val_fraction))}.dsk"
+    # the name fingerprints everything the baseline depends on: another model, dataset or training setting
+    # trains (and caches) its own
+    key = json.dumps([model_spec, model_args or {}, data, cfg.__dict__, val_fraction, seed], sort_keys=True,
+                     default=str)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    cached = out / f"baseline.trained.{cfg.epochs}e.s{seed}.v{int(round(100 * val_fraction))}.{digest}.dsk"
     if cached.exists():
         try:
             load_weights(model, cached)

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset, Subset
 
 from deepshrink.artifact import StoragePolicy, load, save
 from deepshrink.auto.config import AutoConfig
-from deepshrink.auto.search import EPS, FINAL_POLICY, AutoResult, _fingerprint, _Search, open_state
+from deepshrink.auto.search import EPS, FINAL_POLICY, AutoResult, _fingerprint, _Search, final_info, open_state
 from deepshrink.core.errors import ConfigError, DataError, ModelError
 from deepshrink.core.fileio import ensure_dir
 from deepshrink.measure.latency import measure_latency
@@ -74,8 +74,7 @@ def auto_compress(model: nn.Module, *, train: Dataset, val: Dataset, test: Datas
     base_path, pruned_path, final_path = out / "baseline.dsk", out / "pruned.dsk", out / "model.dsk"
     save(search.baseline, base_path, StoragePolicy(sparse=False, coding="packed"), info={"stage": "baseline"})
     save(pruned, pruned_path, StoragePolicy(coding="packed"), info={"stage": "pruned"})
-    save(final, final_path, FINAL_POLICY, info={"stage": "auto", "pipeline": "auto", "bits": trial["bits"],
-                                                 "plan": trial["plan"]})
+    save(final, final_path, FINAL_POLICY, info=final_info(trial["bits"], trial["plan"]))
     decoded = load(final_path, model=copy.deepcopy(search.baseline) if is_user_model(final) else None)
     eval_data = test if test is not None else val
     base = record_stage("baseline", "baseline", search.baseline, example_inputs=example_inputs,

@@ -97,6 +97,11 @@ def _round_small(model: nn.Module) -> None:
                 p.copy_(p.half().float())
 
 
+def final_info(bits: dict[str, int], plan: Any) -> dict[str, Any]:
+    """The metadata of auto's final artifact (and of every candidate, so their bytes are the final file's)."""
+    return {"stage": "auto", "pipeline": "auto", "bits": dict(bits), "plan": plan}
+
+
 class _Search:
     """One auto run; split into methods so each phase can check the clock and save state."""
 
@@ -231,6 +236,11 @@ class _Search:
                     st["solo_failed"] = [*st.get("solo_failed", []), solo]
                 self._save_state()
                 continue
+            if (ok and limit is None and rejected is None and cfg.target_bytes is not None
+                    and nbytes <= cfg.target_bytes):
+                # a size budget alone: the step went past the target; look back for the least pruned plan
+                # that still meets it (loses less accuracy)
+                work, plan = self._bytes_boundary(current, accepted, work, plan, acc, step_s)
             if ok:
                 current, accepted = work, plan
                 st["accepted_plan"] = plan
@@ -249,6 +259,37 @@ class _Search:
         st["phase"] = "bits"
         self._save_state()
         return current
+
+    def _bytes_boundary(self, lo_model: nn.Module, lo_plan: Plan, hi_model: nn.Module, hi_plan: Plan,
+                        hi_acc: float, step_s: float, rounds: int = 3) -> tuple[nn.Module, Plan]:
+        """Bisect (in log kept fraction) between the last plan over the size target (``lo``) and one that
+        meets it (``hi``); returns the most accurate plan seen that meets the target."""
+        cfg = self.cfg
+        best = (hi_acc, hi_model, hi_plan)
+        for _ in range(rounds):
+            mid = {n: min(lo_plan[n], k) for n, k in midpoint(lo_plan, hi_plan).items()}
+            if mid in (lo_plan, hi_plan) or not self.clock.fits(step_s, self._reserve()):
+                break
+            work = copy.deepcopy(lo_model)
+            mods = weight_layers(work)
+            for name, keep in mid.items():
+                prune_layer(mods[name], keep)
+            self._fit(work, cfg.retrain.replace(seed=cfg.retrain.seed + len(self.state["trials"])),
+                      f"auto prune #{len(self.state['trials'])} (size boundary)")
+            acc = self.score(work)
+            remove_masks(work)
+            nbytes = self._preview_bytes(work)
+            meets = nbytes <= cfg.target_bytes
+            self._trial(phase="prune", plan=mid, bits=None, val_accuracy=acc, val_drop_pt=self.drop(acc),
+                        bytes=nbytes, bytes_kind="preview (4-bit sharing, not fine-tuned)", accepted=meets,
+                        note="size boundary")
+            if meets:
+                hi_plan = mid
+                if acc >= best[0]:
+                    best = (acc, work, mid)
+            else:
+                lo_model, lo_plan = work, mid
+        return best[1], best[2]
 
     def _solo_layer(self, accepted: Plan) -> str | None:
         """The layer with the most estimated bytes that can still be pruned and has not failed alone since
@@ -381,7 +422,8 @@ class _Search:
             work.cpu()
             _round_small(work)
             path = self.out / f"candidate{len(candidates)}.dsk"
-            nbytes = save(work, path, FINAL_POLICY, info={"pipeline": "auto", "bits": bits}).nbytes
+            # the metadata model.dsk gets (auto.run): the bytes judged are the delivered file's
+            nbytes = save(work, path, FINAL_POLICY, info=final_info(bits, st.get("accepted_plan"))).nbytes
             acc = self.score(work)
             ok = ((cfg.drop_limit is None or self.drop(acc) <= cfg.drop_limit + EPS)
                   and (cfg.target_bytes is None or nbytes <= cfg.target_bytes))
@@ -398,7 +440,18 @@ class _Search:
                     break
                 bits = probe
                 continue
-            if ok or not order:
+            if ok:
+                break
+            if cfg.target_bytes is not None and nbytes > cfg.target_bytes:
+                # Over the size target (the estimate leaves out biases and headers): one bit step lower where
+                # it costs least, rather than giving bits back
+                lower = self._probe_lower(bits, bits_sens, keeps, tried)
+                if lower is None:
+                    break
+                order.append(next(n for n in bits if lower[n] != bits[n]))
+                bits = lower
+                continue
+            if not order:
                 break
             # Too much lost: give back the last one or two bit reductions and fine-tune again.
             for _ in range(min(2, len(order))):
@@ -406,6 +459,8 @@ class _Search:
                 grid = sorted(cfg.bits)
                 bits[name] = grid[min(len(grid) - 1, grid.index(bits[name]) + 1)]
         good = [c for c in candidates if c[1]["accepted"]]
+        if good and cfg.drop_limit is None:  # a size budget alone: the most accurate result within it
+            return max(good, key=lambda c: (c[1]["val_accuracy"], -c[1]["bytes"]))
         if good:
             return min(good, key=lambda c: c[1]["bytes"])
         return max(candidates, key=lambda c: c[1]["val_accuracy"])

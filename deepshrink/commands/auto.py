@@ -35,6 +35,8 @@ def cmd_auto(args: argparse.Namespace) -> int:
 
     base = AutoConfig(max_drop_pt=1.0)
     cfg = AutoConfig(
+        # no --max-drop: 0.5 points, unless a size target alone asks for the smallest loss at that size
+        # (a latency target alone keeps the 0.5: compression here does not change latency; AutoConfig)
         max_drop_pt=args.max_drop if args.max_drop is not None or args.target_bytes or args.target_latency
         else 0.5,
         target_bytes=_parse_bytes(args.target_bytes) if args.target_bytes else None,

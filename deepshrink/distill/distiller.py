@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from deepshrink.core.devices import handed_back
-from deepshrink.core.errors import ConfigError, ModelError
+from deepshrink.core.errors import ConfigError, DeepShrinkError, ModelError
 from deepshrink.distill.config import DistillConfig, FeatureLink
 from deepshrink.distill.losses import attention_transfer_loss, feature_loss, kd_loss
 from deepshrink.train.trainer import Trainer, TrainResult
@@ -176,9 +176,15 @@ class Distiller(nn.Module):
             self.student.eval()
             with torch.no_grad():
                 self._feats["student"].clear()
-                s_logits = logits_of(self.student(x))
+                s_logits = logits_of(_run(self.student, x, "student"))
                 s_feats = self._collect("student", [lk.student_layer for lk in self.config.features])
-                t_logits, t_feats = self.teacher_outputs(x)
+                try:
+                    t_logits, t_feats = self.teacher_outputs(x)
+                except DeepShrinkError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the user's forward raises any type
+                    raise ModelError(f"distill: the teacher cannot run on the training data (a batch of shape "
+                                     f"{tuple(x.shape)}): {_first_line(exc)}") from None
         finally:
             for module, mode in modes.items():
                 module.training = mode
@@ -228,13 +234,29 @@ class Distiller(nn.Module):
             t_logits, t_feats = self.teacher_outputs(x)
         output, s_feats = model(x)
         cfg = self.config
-        total = kd_loss(logits_of(output), t_logits, targets, cfg.temperature, cfg.alpha, cfg.soft_loss)
+        total = kd_loss(logits_of(output), t_logits, targets, cfg.temperature, cfg.alpha, cfg.soft_loss,
+                        cfg.train.label_smoothing)
         for link, sf, tf in zip(cfg.features, s_feats, t_feats):
             if link.loss == "attention":
                 total = total + link.weight * attention_transfer_loss(sf, tf)
             else:
                 total = total + link.weight * feature_loss(sf, tf, link.loss)
         return total
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _run(model: Any, x: torch.Tensor, role: str) -> Any:
+    """``model(x)``; a failure is one ModelError naming the role and the batch shape."""
+    try:
+        return model(x)
+    except DeepShrinkError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's forward raises any type
+        raise ModelError(f"distill: the {role} cannot run on the training data (a batch of shape "
+                         f"{tuple(x.shape)}): {_first_line(exc)}") from None
 
 
 def distill(student: nn.Module, teacher: nn.Module, train_data: Dataset | DataLoader, config: DistillConfig, *,

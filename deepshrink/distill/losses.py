@@ -64,12 +64,13 @@ SOFT_LOSSES = ("kl", "logit_mse")
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor | None,
-            temperature: float, alpha: float, soft: str = "kl") -> torch.Tensor:
+            temperature: float, alpha: float, soft: str = "kl", label_smoothing: float = 0.0) -> torch.Tensor:
     """Hinton's distillation loss: ``alpha * T^2 * KL(soft teacher || soft student) + (1 - alpha) * CE``.
 
     ``soft="logit_mse"`` uses ``logit_matching_loss`` as the teacher term instead (``temperature`` is then
     unused). ``targets`` may be None (no labels: pure soft-target loss, as if ``alpha == 1``). The teacher
-    logits are detached, so gradients reach only the student.
+    logits are detached, so gradients reach only the student. ``label_smoothing`` applies to the hard term
+    (the training config's, as in plain training).
     """
     _check_temperature_alpha(temperature, alpha)
     if soft == "kl":
@@ -81,7 +82,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets:
     if targets is None or alpha == 1.0:
         return soft_term
     classes = student_logits.shape[-1]
-    hard = F.cross_entropy(student_logits.reshape(-1, classes), targets.reshape(-1))
+    hard = F.cross_entropy(student_logits.reshape(-1, classes), targets.reshape(-1), label_smoothing=label_smoothing)
     return alpha * soft_term + (1.0 - alpha) * hard
 
 

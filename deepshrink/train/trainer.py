@@ -54,12 +54,21 @@ class TrainConfig:
     label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.epochs < 0:
-            raise ConfigError(f"train: epochs must be >= 0, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"train: batch_size must be >= 1, got {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
+        for name, low in (("epochs", 0), ("batch_size", 1), ("step_size", 1), ("warmup_epochs", 0), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"train: {name} must be an integer >= {low}, got {value!r}")
+        for name in ("lr", "momentum", "weight_decay", "gamma", "label_smoothing"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"train: {name} must be a finite number, got {value!r}")
+        if not self.lr > 0:
             raise ConfigError(f"train: lr must be a positive number, got {self.lr}")
+        if not 0 < self.gamma <= 1:
+            raise ConfigError(f"train: gamma (the step schedule's factor) must be in (0, 1], got {self.gamma}")
+        if self.grad_clip is not None and (isinstance(self.grad_clip, bool) or not isinstance(
+                self.grad_clip, (int, float)) or not self.grad_clip > 0 or not math.isfinite(self.grad_clip)):
+            raise ConfigError(f"train: grad_clip must be a positive number or None, got {self.grad_clip!r}")
         if self.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"train: optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         if self.schedule not in ("constant", "cosine", "step"):
@@ -77,6 +86,19 @@ class TrainResult:
     steps: int
     final_loss: float
     history: list[float]
+
+
+def _training_error(description: str, x: torch.Tensor, exc: BaseException) -> DeepShrinkError:
+    """One line for a batch the model or the loss cannot take (torch raises it from deep inside)."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "more than 1 value per channel" in reason:
+        return DataError(f"{description}: a batch of one sample reached a batch norm in training mode; use a "
+                         "batch size that does not leave 1 sample over, or drop it")
+    if "cross_entropy" in reason or "tuple" in reason or "dict" in reason:
+        return DataError(f"{description}: the loss cannot take the model's output ({reason}); a model that "
+                         "returns a tuple or dict needs a loss_fn that picks the logits")
+    return DataError(f"{description}: a training batch of shape {tuple(x.shape)} ({x.dtype}) does not run through "
+                     f"the model and loss: {reason}")
 
 
 def seed_everything(seed: int) -> None:
@@ -165,6 +187,7 @@ class Trainer:
         steps = start_epoch * len(loader)
         epoch_loss = history[-1] if history else float("nan")
         show = self.progress if ctx is None or ctx.is_main else False
+        param_dtype = next((p.dtype for p in params if p.is_floating_point()), None)
         for epoch in range(start_epoch, cfg.epochs):
             total, count = 0.0, 0
             # Each epoch's order depends only on (seed, epoch), so a resumed run sees the same batches.
@@ -175,13 +198,22 @@ class Trainer:
                             enabled=show)
             for x, y in batches:
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                if not y.is_floating_point() and y.dtype != torch.int64:
+                    y = y.long()  # int32 / uint8 class labels: what cross-entropy takes
+                if x.is_floating_point() and param_dtype is not None and x.dtype != param_dtype:
+                    x = x.to(param_dtype)  # e.g. numpy's default float64 data for a float32 model
                 try:
                     loss = self.loss_fn(net, x, y)
                 except IndexError as exc:  # cross-entropy's "Target 12 is out of bounds"
                     if "out of bounds" not in str(exc) or y.dtype not in (torch.int64, torch.int32):
                         raise
-                    raise DataError(f"{self.description}: label {int(y.max())} in the training data is out of range "
+                    bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
+                    raise DataError(f"{self.description}: label {bad} in the training data is out of range "
                                     f"for the model's outputs ({str(exc).splitlines()[0]})") from None
+                except DeepShrinkError:
+                    raise
+                except (RuntimeError, TypeError, ValueError, AttributeError) as exc:
+                    raise _training_error(self.description, x, exc) from None
                 opt.zero_grad(set_to_none=True)
                 if ctx is None:
                     step_loss = float(loss.detach())

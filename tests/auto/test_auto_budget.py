@@ -132,3 +132,36 @@ def test_the_same_seed_trains_the_same_baseline(tmp_path) -> None:
                             progress=False, model_args={"in_features": 64, "hidden": [16]}).model)
     a, b = (r.state_dict() for r in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_a_size_budget_alone_stops_near_the_target_instead_of_destroying_the_model(setup: dict, tmp_path) -> None:
+    run = _run(setup, tmp_path, target_bytes=2500, time_budget_s=90)
+    rep, res = run["res"].report, run["res"]
+    assert rep["artifact_bytes"] == res.artifact.stat().st_size <= 2500
+    met = [t for t in rep["trials"] if t["phase"] == "prune" and t["accepted"]]
+    # the accepted pruning plan is the least pruned one seen that meets the size (not the first step past it)
+    under = [t for t in rep["trials"] if t["phase"] == "prune" and t["bytes"] <= 2500]
+    assert met[-1]["val_accuracy"] == max(t["val_accuracy"] for t in under)
+    bits = [t for t in rep["trials"] if t["phase"] == "bits" and t["accepted"]]
+    assert bits and rep["artifact_bytes"] in {t["bytes"] for t in bits}  # judged on the delivered file's bytes
+
+
+def test_a_latency_budget_alone_keeps_an_accuracy_budget() -> None:
+    from deepshrink.auto.config import LATENCY_ONLY_DROP_PT
+
+    cfg = AutoConfig(target_latency_ms=1.0)
+    assert cfg.max_drop_pt == LATENCY_ONLY_DROP_PT and cfg.drop_limit is not None
+    assert AutoConfig(target_bytes=1000).drop_limit is None
+
+
+def test_the_cached_baseline_belongs_to_its_model_and_data(tmp_path) -> None:
+    from deepshrink.auto.inputs import prepare
+
+    args = {"weights": None, "out": tmp_path, "seed": 0, "train_epochs": 1, "progress": False}
+    a = prepare("mlp", data="digits", model_args={"in_features": 64, "hidden": [16]}, **args)
+    b = prepare("mlp", data="digits", model_args={"in_features": 64, "hidden": [12]}, **args)
+    c = prepare("mlp", data="digits", model_args={"in_features": 64, "hidden": [16]}, **args)
+    assert a.origin.startswith("trained") and b.origin.startswith("trained")  # another width: its own baseline
+    assert c.origin.startswith("cached")
+    assert len(list(tmp_path.glob("baseline.trained.*.dsk"))) == 2

@@ -188,3 +188,22 @@ def test_same_seed_gives_identical_students():
                                                                         train=FAST), device="cpu")
         out.append(_flat(student))
     assert torch.equal(out[0], out[1])
+
+
+def test_label_smoothing_of_the_training_config_reaches_the_hard_term():
+    data, teacher = _data(), _mlp(32, 0)
+    students = []
+    for smoothing in (0.0, 0.3):
+        student = _mlp(16, 1)
+        cfg = DistillConfig(temperature=2.0, alpha=0.5,
+                            train=TrainConfig(epochs=1, batch_size=32, lr=0.05, label_smoothing=smoothing))
+        distill(student, teacher, data, cfg)
+        students.append(_flat(student))
+    assert not torch.equal(*students)
+
+
+def test_a_student_that_cannot_take_the_data_is_one_model_error():
+    data, teacher = _data(), _mlp(32, 0)
+    student = nn.Sequential(nn.Linear(9, 3))  # the data has 8 features
+    with pytest.raises(ModelError, match=r"the student cannot run on the training data \(a batch of shape"):
+        distill(student, teacher, data, DistillConfig(train=TrainConfig(epochs=1)))

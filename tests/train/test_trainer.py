@@ -131,3 +131,54 @@ def test_a_label_the_model_cannot_output_is_one_clear_error() -> None:
     data = TensorDataset(torch.randn(8, 4), torch.tensor([0, 1, 2, 5, 0, 1, 2, 0]))
     with pytest.raises(DataError, match="label 5 in the training data is out of range"):
         Trainer(model, TrainConfig(epochs=1, batch_size=8), progress=False).fit(data)
+
+
+@pytest.mark.parametrize("changes", [{"grad_clip": -1.0}, {"grad_clip": 0.0}, {"step_size": 0}, {"epochs": 1.5},
+                                     {"gamma": -0.1}, {"gamma": 0.0}, {"warmup_epochs": -1}, {"lr": float("nan")},
+                                     {"batch_size": True}])
+def test_every_setting_is_checked_when_the_config_is_made(changes) -> None:
+    with pytest.raises(ConfigError, match="train: "):
+        TrainConfig(**changes)
+
+
+def _blob_task(n: int = 96, classes: int = 3, bn: bool = False):
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, classes, (n,), generator=g)
+    x = torch.randn(n, 8, generator=g) + 2.0 * torch.nn.functional.one_hot(y, 8).float()
+    layers = [torch.nn.Linear(8, 16)] + ([torch.nn.BatchNorm1d(16)] if bn else []) + [torch.nn.ReLU(),
+                                                                                    torch.nn.Linear(16, classes)]
+    torch.manual_seed(0)
+    return torch.nn.Sequential(*layers), x, y
+
+
+def test_int32_labels_and_float64_inputs_train_as_usual() -> None:
+    model, x, y = _blob_task()
+    ref_model, _, _ = _blob_task()
+    cfg = TrainConfig(epochs=2, batch_size=32, optimizer="adam", lr=1e-2)
+    Trainer(model, cfg, progress=False).fit(TensorDataset(x.double(), y.int()))
+    Trainer(ref_model, cfg, progress=False).fit(TensorDataset(x, y))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(model.state_dict().values(),
+                                                               ref_model.state_dict().values()))
+
+
+def test_training_data_mistakes_are_one_data_error() -> None:
+    from deepshrink.core.errors import DataError
+
+    cfg = TrainConfig(epochs=1, batch_size=32, optimizer="adam", lr=1e-2)
+    model, x, y = _blob_task()
+    with pytest.raises(DataError, match="label -1 in the training data is out of range"):
+        Trainer(model, cfg, progress=False).fit(TensorDataset(x, y.masked_fill(y == 2, -1)))
+
+    class Pair(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(8, 3)
+
+        def forward(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.fc(t), t
+
+    with pytest.raises(DataError, match="returns a tuple or dict needs a loss_fn"):
+        Trainer(Pair(), cfg, progress=False).fit(TensorDataset(x, y))
+    model, x, y = _blob_task(n=97, bn=True)  # 97 = 3 x 32 + 1: the last batch holds one sample
+    with pytest.raises(DataError, match="a batch of one sample reached a batch norm"):
+        Trainer(model, cfg, progress=False).fit(TensorDataset(x, y))
