@@ -80,10 +80,15 @@ class EmbeddingEvaluator:
     def __init__(self, reference: Embedder, queries: list[str] | None = None, corpus: list[str] | None = None) -> None:
         if queries is None or corpus is None:
             dq, dc = default_split()
-            queries, corpus = queries or dq, corpus or dc
+            queries = dq if queries is None else queries
+            corpus = dc if corpus is None else corpus
+        for what, texts in (("queries", queries), ("corpus", corpus)):
+            if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+                raise DataError(f"the evaluator's {what} must be a list of sentences (strings)")
         if not queries or not corpus:
             raise DataError("the evaluator needs at least one query and one corpus sentence")
-        self.queries, self.corpus = list(queries), list(corpus)
+        # a sentence twice in the corpus would make its two copies "different" neighbours: keep one
+        self.queries, self.corpus = list(queries), list(dict.fromkeys(corpus))
         self.ref_queries, self.ref_corpus = self._embed(reference)
 
     def _embed(self, embed: Embedder) -> tuple[torch.Tensor, torch.Tensor]:

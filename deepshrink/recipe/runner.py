@@ -301,13 +301,27 @@ def _preflight(recipe: S.Recipe, model: nn.Module, lines: LineMap | None, source
         from deepshrink.recipe.text_stages import calibration_needed, check_text_stage
         from deepshrink.transformers.model import bert_layers
 
+        from deepshrink.prune.select import matches
+
         bert_layers(model)
+        linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         quantized = None  # index of the first int8 quantize stage: structured pruning must come before it
+        embedded = None  # index of the first stage that compresses the embedding table
         for i, stage in enumerate(recipe.stages):
             try:
                 check_text_stage(stage)
-                if isinstance(stage, S.QuantizeStage) and stage.scheme == "int8_per_token" and quantized is None:
+                if isinstance(stage, S.QuantizeStage) and stage.scheme == "int8_per_token":
+                    if quantized is not None:
+                        raise ConfigError(f"stage {quantized} already made the Linear layers int8")
+                    for p in stage.skip:
+                        if not any(matches(S.resolve_pattern(p), n, m) for n, m in linears):
+                            raise ConfigError(f"skip: pattern {p!r} matches no Linear layer of the encoder "
+                                              f"(e.g. {linears[0][0] if linears else '-'})")
                     quantized = i
+                if isinstance(stage, S.QuantizeStage) and stage.embedding is not None:
+                    if embedded is not None:
+                        raise ConfigError(f"stage {embedded} already compressed the embedding table")
+                    embedded = i
                 if isinstance(stage, S.PruneStage) and quantized is not None:
                     raise ConfigError(f"method {stage.method} prunes float Linear layers, and stage {quantized} "
                                       "made them int8: put the prune stage before the quantize stage")

@@ -94,7 +94,15 @@ def distill(student: nn.Module, teacher: nn.Module, tokenizer: object, sentences
     layer_map = [int(i) for i in layer_map]
     if len(layer_map) != len(s_layers) or not all(0 <= i < len(t_layers) for i in layer_map):
         raise ConfigError(f"layer_map needs {len(s_layers)} teacher indices in 0..{len(t_layers) - 1}, got {layer_map}")
+    if not any(p.requires_grad for p in student.parameters()):
+        raise ModelError(f"{type(student).__name__} has no trainable parameters (int8 Linear layers hold codes, "
+                         "not weights): distill the float model, then quantize it")
     if cfg.attention_weight > 0:
+        for who, model in (("student", student), ("teacher", teacher)):
+            impl = getattr(getattr(getattr(model, "bert", None), "config", None), "_attn_implementation", None)
+            if impl not in (None, "eager"):
+                raise ConfigError(f"attention distillation reads attention maps, which the {who}'s {impl!r} "
+                                  "attention does not return: load both with attn_implementation='eager'")
         for i, j in enumerate(layer_map):
             hs = s_layers[i].attention.self.query.out_features // s_layers[i].attention.self.attention_head_size
             ht = t_layers[j].attention.self.query.out_features // t_layers[j].attention.self.attention_head_size

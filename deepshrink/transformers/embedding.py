@@ -188,6 +188,11 @@ def check_known(encoder: nn.Module, input_ids: torch.Tensor, unk_id: int) -> Non
     tmap = getattr(encoder, "token_map", None)
     if tmap is None:
         return
+    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= len(tmap)):
+        raise DataError(f"token ids must be in 0..{len(tmap) - 1} (the original vocabulary), got "
+                        f"{int(input_ids.min())}..{int(input_ids.max())}")
+    if not 0 <= unk_id < len(tmap):
+        raise DataError(f"unk_id {unk_id} is outside the original vocabulary of {len(tmap)} ids")
     unk_row = tmap[unk_id]
     lost = input_ids[(tmap[input_ids] == unk_row) & (input_ids != unk_id)]
     if lost.numel():

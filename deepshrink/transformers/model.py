@@ -320,12 +320,22 @@ def tokenize(tokenizer: Any, sentences: list[str], max_length: int = 128,
     return enc["input_ids"].to(torch.int64), enc["attention_mask"].to(torch.int64)
 
 
+#: sentence-transformers' ``max_seq_length`` of all-MiniLM-L6-v2 (its sentence_bert_config.json)
+SBERT_MAX_LENGTH = 256
+
+
 @torch.no_grad()
 def encode(model: Any, tokenizer: Any, sentences: list[str], *, batch_size: int = 64,
-           max_length: int = 128, progress: bool | None = None) -> torch.Tensor:
+           max_length: int | None = None, progress: bool | None = None) -> torch.Tensor:
     """Sentence embeddings ``[N, D]`` (float32, CPU) for any callable ``model(input_ids, attention_mask)``
-    (``progress``: the bar, as ``deepshrink.core.progress.track``)."""
+    (``progress``: the bar, as ``deepshrink.core.progress.track``). Texts are cut at ``max_length`` tokens;
+    default: sentence-transformers' 256, or less when the model takes less (a compiled encoder's length, the
+    position table)."""
     from deepshrink.core.progress import track
+
+    if max_length is None:
+        limits = [getattr(model, "seq_len", None), getattr(model, "max_length", None)]
+        max_length = min([SBERT_MAX_LENGTH, *(n for n in limits if isinstance(n, int) and n > 0)])
 
     if isinstance(sentences, str) or not all(isinstance(x, str) for x in sentences):
         raise DataError("encode: sentences must be a list of strings")

@@ -289,3 +289,17 @@ def test_pruning_after_int8_is_refused_before_any_work(text: TextSplits, tmp_pat
     with pytest.raises(StageError, match="stage 1 \\(prune\\).*before the quantize stage"):
         run_recipe(recipe, model=_tiny(), data=text, out=tmp_path / "never")
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("body, match", [
+    ("  - kind: quantize\n    scheme: int8_per_token\n    skip: ['encoder.layer.*.ouput.dense']\n",
+     "stage 0 .*skip: pattern 'encoder.layer.\\*.ouput.dense' matches no Linear layer"),
+    ("  - kind: quantize\n    scheme: int8_per_token\n  - kind: quantize\n    scheme: int8_per_token\n",
+     "stage 1 .*stage 0 already made the Linear layers int8"),
+    ("  - kind: quantize\n    scheme: none\n    embedding: int8\n  - kind: quantize\n    scheme: none\n"
+     "    embedding: int8\n", "stage 1 .*stage 0 already compressed the embedding table"),
+])
+def test_text_stage_mistakes_fail_before_any_work(text: TextSplits, tmp_path: Path, body: str, match: str) -> None:
+    with pytest.raises(StageError, match=match):
+        run_recipe(_recipe(body), model=_tiny(), data=text, out=tmp_path / "o")
+    assert not (tmp_path / "o").exists()

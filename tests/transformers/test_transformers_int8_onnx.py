@@ -162,3 +162,52 @@ def test_a_checkpoint_that_does_not_fit_is_refused(tiny, tmp_path) -> None:
     (gpt / "model.safetensors").write_bytes(b"")
     with pytest.raises(DataError, match="holds a 'gpt2' model"):
         load_encoder(gpt)
+
+
+def test_encode_cuts_at_sentence_transformers_length_or_the_models(tiny, tokenizer) -> None:
+    from deepshrink.transformers import encode
+
+    long_text = " ".join(["word"] * 300)
+    seen = []
+
+    def spy(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        seen.append(ids.shape[1])
+        return torch.ones(ids.shape[0], 4)
+
+    encode(spy, tokenizer, [long_text])
+    spy.max_length = 64  # a model that takes less (its position table, or a compiled length)
+    encode(spy, tokenizer, [long_text])
+    assert seen == [256, 64]
+
+
+def test_evaluator_inputs_and_duplicate_corpus_sentences() -> None:
+    from deepshrink.measure.embedding import EmbeddingEvaluator
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        g = torch.Generator().manual_seed(0)
+        table = {t: torch.randn(8, generator=g) for t in sorted(set(texts) | {"a", "b", "c", "d"})}
+        return torch.stack([table[t] for t in texts])
+
+    ev = EmbeddingEvaluator(embed, ["a", "b"], ["c", "d", "c"])
+    assert ev.corpus == ["c", "d"]
+    noisy = ev(lambda texts: embed(texts) + 1e-6)
+    assert noisy.retrieval_agreement == 1.0
+    for queries, corpus in (("ab", ["c"]), ([], None), (["a"], [1, 2])):
+        with pytest.raises(DataError):
+            EmbeddingEvaluator(embed, queries, corpus)
+
+
+def test_distillation_preconditions_are_clear_errors(tiny, tokenizer, sentences) -> None:
+    from deepshrink.core.errors import ConfigError, ModelError
+    from deepshrink.transformers import DistillConfig, distill
+
+    with pytest.raises(ConfigError, match="attn_implementation='eager'"):
+        distill(copy_of(tiny), tiny, tokenizer, sentences, config=DistillConfig(steps=1, attention_weight=1.0))
+    with pytest.raises(ModelError, match="no trainable parameters"):
+        distill(quantize_int8(tiny, weight_bits=8), tiny, tokenizer, sentences, config=DistillConfig(steps=1))
+
+
+def copy_of(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(model)
