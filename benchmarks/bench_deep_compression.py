@@ -83,7 +83,7 @@ def main() -> None:
             lines += [f"### {model}, recipe `{rname}`, seed 0: per layer (as the paper's Tables 2-3)", "",
                       markdown_table(dcr.LAYER_HEADERS, [dcr.table_cells(r, 2) for r in [*m["layers"], m["total"]]]),
                       "", "Index coding per layer: "
-                      + ", ".join(f"{r['layer']} {r['index_bits_pq']}-bit {r['index_coding']}, "
+                      + ", ".join(f"{r['layer']} {r['index_width_pq']}-bit {r['index_coding']}, "
                                   f"{r['fillers']} fillers" for r in m["layers"])
                       + f". Header + metadata: {m['meta_bytes']} bytes of {m['artifact_bytes']}.", ""]
     lines += ["Weight/index bits P+Q+H are the Huffman-coded bits per stored weight; the entropy columns are "

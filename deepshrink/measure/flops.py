@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from deepshrink.core.errors import ModelError
 from deepshrink.measure._runtime import call, eval_mode, first_line
@@ -32,17 +32,33 @@ _INT8_KERNELS = (torch.ao.nn.quantized.Linear, torch.ao.nn.quantized.dynamic.Lin
                  torch.ao.nn.quantized.Conv1d, torch.ao.nn.quantized.Conv2d, torch.ao.nn.quantized.Conv3d)
 
 
+def _rnn_layer_flop(input_shape: Any, w_ih_shape: Any, w_hh_shape: Any, *args: Any, **kwargs: Any) -> int:
+    """One fused LSTM layer and direction on CPU (``mkldnn_rnn_layer``): both gate products at every step."""
+    return 2 * math.prod(input_shape[:-1]) * (math.prod(w_ih_shape) + math.prod(w_hh_shape))
+
+
+def _sdpa_cpu_flop(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, **kwargs: Any) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+#: kernels torch's FlopCounterMode does not know: CPU flash attention (SDPA, BERT's attention) and fused LSTM
+_EXTRA_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flop,
+                   torch.ops.aten.mkldnn_rnn_layer: _rnn_layer_flop}
+
+
 def _run_counted(model: Callable[..., Any], example_inputs: Any) -> tuple[FlopCounterMode, dict[str, int]]:
     """Run one forward pass under the counter in eval mode and no_grad; wrap failures in ModelError. Also
     returns the MACs of torch's int8 Linear/Conv modules by name, counted from their output shapes."""
     if not callable(model):
         raise ModelError(f"expected a model or callable, got {type(model).__name__}")
+    if not isinstance(model, torch.nn.Module) and isinstance(getattr(model, "model", None), torch.nn.Module):
+        model = model.model  # Int8Model and similar wrappers
     runtime = getattr(model, "deepshrink_runtime", None) or getattr(getattr(model, "model", None),
                                                                     "deepshrink_runtime", None)
     if runtime is not None:
         raise ModelError(f"cannot count the MACs of an {runtime} module ({type(model).__name__}): its kernels run "
                          "outside PyTorch; count the model it was converted from")
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
     int8: dict[str, int] = {}
     handles = []
     if isinstance(model, torch.nn.Module):
@@ -51,6 +67,8 @@ def _run_counted(model: Callable[..., Any], example_inputs: Any) -> tuple[FlopCo
                 def hook(mod: torch.nn.Module, _: Any, out: Any, name: str = name) -> None:
                     int8[name] = int8.get(name, 0) + _int8_macs(mod, out)
                 handles.append(module.register_forward_hook(hook))
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # its fused kernel is invisible to the counter
     try:
         with eval_mode(model), torch.no_grad():
             try:
@@ -59,6 +77,7 @@ def _run_counted(model: Callable[..., Any], example_inputs: Any) -> tuple[FlopCo
             except Exception as exc:  # any failure of user code is a model problem
                 raise ModelError(f"model cannot run on the example input: {first_line(exc)}") from None
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         for h in handles:
             h.remove()
     return counter, int8

@@ -45,7 +45,9 @@ def layer_rows(result: DeepCompressionResult) -> list[dict[str, Any]]:
             "weight_bits_pq": q.weight_bits,
             "weight_bits_pqh": _per_nnz_bits(h, "values"),
             "value_entropy": h.streams["values"].entropy_bits if "values" in h.streams else None,
-            "index_bits_pq": q.index_bits,
+            "index_width_pq": q.index_bits,  # the relative-index width b the P+Q stage packs at
+            # per stored weight, as the other bits columns (fillers included): the packed index stream's bits
+            "index_bits_pq": _per_nnz_bits(q, "index") if _per_nnz_bits(q, "index") is not None else q.index_bits,
             "index_bits_pqh": _per_nnz_bits(h, "index"),
             "index_entropy": h.streams["index"].entropy_bits if "index" in h.streams else None,
             "fillers": (h.streams["index"].symbols - h.nnz) if "index" in h.streams else 0,

@@ -249,8 +249,10 @@ def summary_line(run: Mapping[str, Any]) -> str:
     first, last = rows[0], (stored[-1] if stored else rows[0])
     parts = [f"{run['model']} on {run['dataset']}, recipe {run['recipe']}: {len(rows) - 1} stage(s)."]
     if last["artifact_bytes"] is not None and first["artifact_bytes"] is not None:
+        ratio = run.get("compression_ratio")
+        also = f"; compression ratio {ratio:.1f}x = fp32 parameter bytes / file" if ratio else ""
         parts.append(f"Artifact {format_bytes(first['artifact_bytes'])} -> {format_bytes(last['artifact_bytes'])}"
-                     f" ({last['size_x']:.1f}x smaller).")
+                     f" ({last['size_x']:.1f}x smaller than the baseline file{also}).")
     if last["delta_pt"] is not None:
         parts.append(f"Accuracy {first['accuracy_pct']:.2f}% -> {last['accuracy_pct']:.2f}% "
                      f"({last['delta_pt']:+.2f} points).")

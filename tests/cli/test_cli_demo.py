@@ -57,6 +57,9 @@ def test_report_numbers_match_the_files(demo_dir: Path):
         for row in m["layers"]:
             keep = m["settings"]["layers"][row["layer"]]["keep"]
             assert row["nonzeros"] == max(1, round(keep * row["weights"]))
+            # bits per stored weight, as the P+Q+H column (fillers included): at least the packed width b
+            assert row["index_bits_pq"] >= row["index_width_pq"] or row["index_width_pq"] is None
+            assert row["index_bits_pqh"] is None or row["index_bits_pqh"] <= row["index_bits_pq"] + 1e-9
 
 def test_report_files_and_plots_exist(demo_dir: Path):
     md = (demo_dir / "report.md").read_text()

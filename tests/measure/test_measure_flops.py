@@ -60,3 +60,26 @@ def test_bad_input_is_one_line_model_error() -> None:
     with pytest.raises(ModelError) as info:
         count_macs(nn.Linear(10, 5), torch.randn(4, 7))
     assert "\n" not in str(info.value)
+
+
+def test_attention_lstm_and_int8_wrappers_are_counted() -> None:
+    import torch.nn.functional as F
+
+    from deepshrink.measure import count_macs
+
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    x = torch.randn(1, 5, 16)
+    # in-proj 5 x 16 x 48, scores and context 2 x 5 x 5 x 16, out-proj 5 x 16 x 16 (the fused fast path is off)
+    assert count_macs(lambda t: mha(t, t, t, need_weights=False)[0], (x,)) == 5 * 16 * 48 + 2 * 5 * 5 * 16 + 5 * 16 * 16
+    lstm = torch.nn.LSTM(10, 20).eval()
+    assert count_macs(lstm, (torch.randn(5, 1, 10),)) == 5 * (80 * 10 + 80 * 20)
+    q = torch.randn(1, 4, 16, 8)
+    assert count_macs(lambda a: F.scaled_dot_product_attention(a, a, a), (q,)) == 4 * 2 * 16 * 16 * 8
+    assert torch.backends.mha.get_fastpath_enabled()  # restored
+
+    from deepshrink.quantize.backends import to_int8
+
+    mlp = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)).eval()
+    int8 = to_int8(mlp, torch.randn(32, 64))
+    assert count_macs(int8, (torch.randn(1, 64),)) == count_macs(mlp, (torch.randn(1, 64),)) == 64 * 32 + 32 * 10

@@ -312,3 +312,13 @@ def test_a_run_stopped_after_clustering_resumes_with_every_centroid(tmp_path: Pa
     assert again.resumed == ["finetune-1", "prune", "cluster"]
     assert codebooks(again.model) == codebooks(full.model)
     _same_stages(full.report, again.report)
+
+
+def test_simulated_activation_quantization_is_told_apart_from_the_artifact(tmp_path: Path, digits) -> None:
+    recipe, _ = _recipe("  - kind: quantize\n    scheme: static\n    bits: 4\n    act_bits: 4\n    calibration: 64\n")
+    res = run_recipe(recipe, data=digits, out=tmp_path / "o")
+    stage = res.report["stages"][0]
+    loaded = deepshrink.load(stage["artifact"])
+    assert stage["artifact_accuracy"] == evaluate(loaded, digits.test).accuracy
+    assert any("simulated activation quantization" in n and "artifact stores weights only" in n
+               for n in res.report["notes"])

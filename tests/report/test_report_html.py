@@ -95,5 +95,8 @@ def test_the_headline_measures_the_last_stored_artifact_not_an_export() -> None:
     run = _run()
     export = dict(run["stages"][0], name="export", kind="export", artifact_bytes=390)  # an ONNX file
     line = summary_line({**run, "stages": [*run["stages"], export]})
-    assert "Artifact 400 B -> 150 B (2.7x smaller)" in line
+    assert "Artifact 400 B -> 150 B (2.7x smaller than the baseline file)" in line
+    # with the run's fp32 ratio, both figures are given and named
+    line = summary_line({**run, "compression_ratio": 2.5})
+    assert "(2.7x smaller than the baseline file; compression ratio 2.5x = fp32 parameter bytes / file)" in line
     assert "390" not in line
