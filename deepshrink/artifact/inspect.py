@@ -21,11 +21,30 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
     tensors = meta.get("tensors")
     if not isinstance(tensors, dict):
         raise CorruptArtifactError(f"{os.fspath(path)}: no tensor table in the metadata")
+    try:
+        layers = _layers(path, tensors, summary, box)
+    except CorruptArtifactError:
+        raise
+    except (ValueError, TypeError, OverflowError, KeyError, AttributeError) as exc:  # metadata of wrong types
+        seal = "" if summary["checksum_ok"] else "; its checksum does not match either"
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CorruptArtifactError(f"{os.fspath(path)}: malformed tensor table ({reason}){seal}") from None
+    return {
+        "path": summary["path"], "format_version": summary["version"], "checksum_ok": summary["checksum_ok"],
+        "file_bytes": summary["file_bytes"], "header_bytes": summary["header_bytes"],
+        "meta_bytes": summary["meta_bytes"], "architecture": meta.get("arch"), "info": meta.get("info", {}),
+        "layers": layers,
+    }
+
+
+def _layers(path: str | os.PathLike[str], tensors: dict[str, Any], summary: dict[str, Any],
+            box: Any) -> list[dict[str, Any]]:
     layers = []
     for name, t in tensors.items():
-        if not isinstance(t, dict) or not isinstance(t.get("shape"), list):
+        if not isinstance(t, dict) or not isinstance(t.get("shape"), list) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in t["shape"]):
             raise CorruptArtifactError(f"{os.fspath(path)}: malformed entry for tensor {name}")
-        numel = math.prod(int(d) for d in t["shape"])
+        numel = math.prod(t["shape"])
         if "at" in t:  # a slice of the quantized bundle (deepshrink.artifact.quantized)
             from deepshrink.artifact.quantized import bundled_streams
 
@@ -43,9 +62,4 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
             "index_coding": t.get("icode"), "value_coding": t.get("vcode"),
             "bytes": sum(streams.values()), "streams": streams,
         })
-    return {
-        "path": summary["path"], "format_version": summary["version"], "checksum_ok": summary["checksum_ok"],
-        "file_bytes": summary["file_bytes"], "header_bytes": summary["header_bytes"],
-        "meta_bytes": summary["meta_bytes"], "architecture": meta.get("arch"), "info": meta.get("info", {}),
-        "layers": layers,
-    }
+    return layers

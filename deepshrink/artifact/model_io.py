@@ -227,7 +227,8 @@ def _rebuild(zoo: str, kwargs: dict[str, Any], where: str) -> nn.Module:
         if isinstance(exc, CorruptArtifactError):
             raise
         raise CorruptArtifactError(f"{where}: cannot rebuild architecture: {exc}") from None
-    except (TypeError, ValueError, RuntimeError, OverflowError, ZeroDivisionError, IndexError) as exc:
+    except (TypeError, ValueError, RuntimeError, OverflowError, ZeroDivisionError, IndexError, KeyError,
+            ImportError, AttributeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CorruptArtifactError(f"{where}: cannot rebuild architecture: {reason}") from None
 

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zlib
 import math
 import os
 import struct
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -238,6 +238,15 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"invalid JSON constant {name}")
 
 
+def _finite_float(text: str) -> float:
+    """A JSON number as a float; one too large for a float (``1e999`` reads as infinity) is refused like the
+    ``Infinity`` constant, so no later ``int()`` meets an infinite count."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
 def _parse_meta(
     meta_bytes: bytes, blob_len: int, source: str
 ) -> tuple[dict[str, Any], list[tuple[str, int, int]]]:
@@ -246,7 +255,7 @@ def _parse_meta(
         raise CorruptArtifactError(
             f"{source}: meta section holds over {MAX_JSON_CONTAINERS} JSON objects/arrays")
     try:
-        doc = json.loads(meta_bytes.decode("utf-8"), parse_constant=_reject_constant)
+        doc = json.loads(meta_bytes.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CorruptArtifactError(f"{source}: meta section is not valid UTF-8 JSON ({reason})") from None

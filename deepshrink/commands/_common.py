@@ -22,8 +22,23 @@ def threads_arg(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 (0 = torch's default), got {value}")
+    if not 0 <= value <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be in 0..{MAX_THREADS} (0 = torch's default), got {value}")
+    return value
+
+
+MAX_THREADS = 4096
+MAX_SEED = 2**32 - 1  # numpy's seed range (every run seeds Python, NumPy and torch)
+
+
+def seed_arg(text: str) -> int:
+    """argparse type of ``--seed``: an integer in 0..2^32-1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in 0..{MAX_SEED}, got {value}")
     return value
 
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from deepshrink.commands._common import EXIT_OK, add_threads_option, apply_threads, console
+from deepshrink.commands._common import EXIT_OK, add_threads_option, apply_threads, console, seed_arg
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -50,7 +50,7 @@ def register(sub: Any) -> None:
                           description="Train (or reuse) LeNet-300-100 and LeNet-5 baselines on mnist5k, prune, "
                                       "share weights, Huffman-code, write artifacts, report.json/.md and plots.")
     demo.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    demo.add_argument("--seed", type=seed_arg, default=0, help="random seed (default: 0)")
     demo.add_argument("--quick", action="store_true", help="one epoch per stage: a smoke run of a few seconds")
     demo.add_argument("--recipe", choices=["default", "paper"], default="default",
                       help="default: deepshrink's settings; paper: Han et al.'s Tables 2-3")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +36,22 @@ def _is_encoder(model: Any) -> bool:
     return (getattr(model, ARCH_ATTR, None) or {}).get("zoo") == "hf_bert"
 
 
+MAX_SAMPLE_ELEMENTS = 1 << 26  # 256 MB of float32: no model here takes more per sample
+
+
 def _inputs(model: Any, shape: tuple[int, ...] | None, batch: int, seed: int) -> tuple[Any, ...]:
     """Inputs of ``batch`` samples: random values of ``shape`` for an image model; for a sentence encoder,
     random token ids of sequence length ``shape[0]`` (default 128 or the model's maximum) with a mask whose
     rows end in padding."""
     import torch
 
+    from deepshrink.core.errors import ConfigError
+
     gen = torch.Generator().manual_seed(seed)
     if not _is_encoder(model):
+        if math.prod(shape) > MAX_SAMPLE_ELEMENTS:
+            raise ConfigError(f"--input-shape {','.join(map(str, shape))} is {math.prod(shape):,} values a sample; "
+                              f"the trace needs one real sample (at most {MAX_SAMPLE_ELEMENTS:,})")
         return (torch.rand(batch, *shape, generator=gen),)
     length = shape[0] if shape else min(128, model.max_length)
     vocab = len(model.token_map) if model.token_map is not None else int(model.config.vocab_size)

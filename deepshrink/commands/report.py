@@ -18,6 +18,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = folder / "report.json" if folder.is_dir() else folder
     if not path.is_file():
         raise ConfigError(f"{folder}: no report.json (is this the --out folder of a finished `deepshrink run`?)")
+    state = path.parent / "state.json"
+    if state.is_file():
+        try:
+            complete = json.loads(state.read_text(encoding="utf-8")).get("complete", True)
+        except (OSError, ValueError, AttributeError):
+            complete = True  # not a run state of ours: judge the report alone
+        if complete is False:
+            raise ConfigError(f"{path.parent} holds a run in progress (state.json: not complete); its report.json "
+                              "is not this run's result: finish it with the same `deepshrink run` command")
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

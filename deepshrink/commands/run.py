@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from deepshrink.commands._common import EXIT_OK, EXIT_USAGE, add_threads_option, apply_threads, console
+from deepshrink.commands._common import EXIT_OK, EXIT_USAGE, add_threads_option, apply_threads, console, seed_arg
 
 
 def print_run(report: dict[str, Any], out: str | None) -> None:
@@ -112,7 +112,7 @@ def register(sub: Any) -> None:
     run.add_argument("--data", help="dataset name or folder, or a text dataset (pydocs) for sentence encoders "
                                     "(default: the recipe's dataset:)")
     run.add_argument("--out", help="output folder (default: out/run/<recipe name>)")
-    run.add_argument("--seed", type=int, help="override the recipe's seed")
+    run.add_argument("--seed", type=seed_arg, help="override the recipe's seed")
     run.add_argument("--quick", action="store_true",
                      help="smoke run: 1 epoch per training, 1,024 training samples (text: 64 calibration sentences)")
     run.add_argument("--restart", action="store_true", help="ignore state.json in --out and start over")

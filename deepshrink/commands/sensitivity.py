@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from deepshrink.commands._common import EXIT_OK, console
+from deepshrink.commands._common import EXIT_OK, console, seed_arg
 
 
 def _floats(text: str, what: str) -> tuple[float, ...]:
@@ -75,7 +75,7 @@ def add_model_args(p: Any) -> None:
     p.add_argument("--data", default="mnist5k", help="dataset name or folder (default: mnist5k)")
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="share of the training data held out for decisions (default: 0.2)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="random seed (default: 0)")
     p.add_argument("--train-epochs", type=int, help="baseline training epochs when no --weights are given")
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepshrink.core.errors import ModelError
+from deepshrink.core.errors import DeepShrinkError, ModelError
 from deepshrink.core.registry import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model", error=ModelError)
@@ -169,8 +169,11 @@ def create(name: str, **kwargs: Any) -> nn.Module:
     factory = MODELS.get(name)
     try:
         model = factory(**kwargs)
-    except TypeError as exc:
-        raise ModelError(f"model {name!r}: bad arguments {sorted(kwargs)}: {exc}") from None
+    except DeepShrinkError:
+        raise
+    except (TypeError, ValueError, RuntimeError, OverflowError, MemoryError) as exc:  # e.g. hidden [-1], 10^12
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(f"model {name!r}: bad arguments {kwargs}: {reason}"[:400]) from None
     setattr(model, ARCH_ATTR, {"zoo": name, "kwargs": _jsonable(kwargs)})
     return model
 

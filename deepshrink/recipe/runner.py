@@ -14,6 +14,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -267,9 +268,12 @@ def run_recipe(recipe: S.Recipe, *, model: nn.Module | str | None = None, model_
     run = _Run(recipe, None if tmp else folder, fingerprint, on_event)
     try:
         run.load_state(restart)
-        if restart:
-            for stale in (folder / "checkpoints").glob("*.pt"):
-                stale.unlink()
+        if restart:  # nothing of the previous run may look like this run's result
+            stale = [*(folder / "checkpoints").glob("*.pt"), *(folder / "plots").glob("*.png"),
+                     *(folder / n for n in ("report.json", "report.md", "report.html", "baseline.dsk")),
+                     *(p for p in folder.glob("*.dsk") if re.fullmatch(r"\d\d-.+\.dsk", p.name))]
+            for path in stale:
+                path.unlink(missing_ok=True)
         run.save_state()  # claims the folder for this run: checkpoints of another recipe are never resumed
         state = ops.RunState(net, train, None if text is not None else splits.train, example, seed=recipe.seed,
                              progress=progress, checkpoint_dir=ensure_dir(folder / "checkpoints"), factory=factory,

@@ -217,7 +217,19 @@ def architecture(encoder: SentenceEncoder) -> dict[str, Any]:
     return out
 
 
+#: the values a (possibly untrusted) architecture record may set: transformers resolves other attention names
+#: as kernels to fetch from the Hugging Face Hub, which a loader must never do
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_python", "gelu_pytorch_tanh", "quick_gelu", "relu", "silu", "swish",
+               "tanh")
+
+
 def _bert_config(config: dict[str, Any], attn: str) -> Any:
+    if attn not in ATTENTION_IMPLEMENTATIONS:
+        raise ModelError(f"attn_implementation must be one of {', '.join(ATTENTION_IMPLEMENTATIONS)}, got {attn!r}")
+    act = config.get("hidden_act", "gelu")
+    if act not in HIDDEN_ACTS:
+        raise ModelError(f"hidden_act must be one of {', '.join(HIDDEN_ACTS)}, got {act!r}")
     tf = _transformers()
     cfg = tf.BertConfig(**config)
     cfg._attn_implementation = attn

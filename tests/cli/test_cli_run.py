@@ -171,6 +171,10 @@ def _bad_cases(tmp: Path) -> list[tuple[str, list[str], str, int]]:
         ("quantize skip typo", ["run", swap("kind: cluster\n    bits: 4", "kind: quantize\n    scheme: int\n"
                                             "    bits: 4\n    skip: [nosuch*]", "sk.yaml"), "--out", out],
          "sk.yaml:13: stage 2 (quantize): skip: pattern 'nosuch*' matches no selected layer", 1),
+        ("negative layer width", ["run", good, "--model-args", '{"in_features": 64, "hidden": [-1]}', "--out", out],
+         "model 'mlp': bad arguments", 1),
+        ("sample too large to trace", ["export", str(tmp / "mlp.dsk"), "--format", "onnx", "--input-shape",
+                                       "100000,100000"], "values a sample", 1),
         ("sparsity 1.5", ["run", swap("sparsity: 0.7", "sparsity: 1.5", "s.yaml"), "--out", out], "sparsity", 2),
         ("unknown key", ["run", swap("bits: 4", "bitz: 4", "u.yaml"), "--out", out], "bitz: unknown key", 2),
         ("wrong type", ["run", swap("epochs: 2", "epochs: two", "t.yaml"), "--out", out], "epochs", 2),
@@ -224,6 +228,37 @@ def test_bad_argument_is_a_usage_error(capsys: pytest.CaptureFixture) -> None:
         main(["run", "x.yaml", "--model-args", "[1, 2]"])
     assert info.value.code == 2
     assert "JSON object" in capsys.readouterr().err
+    for argv, fragment in ((["run", "x.yaml", "--seed", str(2**64)], "--seed: must be in 0..4294967295"),
+                           (["run", "x.yaml", "--threads", str(2**31)], "--threads: must be in 0..4096"),
+                           (["demo", "--seed", "-5"], "--seed: must be in 0..")):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2 and fragment in capsys.readouterr().err
+
+
+def test_restart_leaves_nothing_of_the_previous_run_and_report_refuses_an_unfinished_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    assert main(["run", _recipe(tmp_path, TINY), "--out", str(out), "--no-progress", "--quick"]) == 0
+    assert (out / "03-encode.dsk").exists() and (out / "report.json").exists()
+    from deepshrink.recipe import parse_recipe
+    from deepshrink.recipe.runner import run_recipe
+
+    other, _ = parse_recipe(TINY.replace("name: tiny_cli", "name: other"), "o.yaml")
+
+    def stop(event: dict) -> None:
+        if event.get("event") == "start":
+            raise KeyboardInterrupt  # Ctrl-C as the restarted run begins its first stage
+
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(other, out=out, restart=True, quick=True, progress=False, on_event=stop)
+    assert not json.loads((out / "state.json").read_text())["complete"]
+    assert not list(out.glob("0*-*.dsk")) and not (out / "report.json").exists()  # nothing of the old run
+    capsys.readouterr()
+    (out / "report.json").write_text(json.dumps({"baseline": {}, "stages": []}))
+    (out / "state.json").write_text(json.dumps({"complete": False}))
+    assert main(["report", str(out)]) == 1
+    assert "holds a run in progress" in capsys.readouterr().err
 
 
 def test_a_reader_that_goes_away_is_no_error(tmp_path: Path) -> None:

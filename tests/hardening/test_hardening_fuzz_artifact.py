@@ -293,3 +293,33 @@ def test_every_registered_zoo_model_rebuilds_through_the_guarded_loader(tmp_path
         loaded = load(tmp_path / f"{name}.dsk").state_dict()
         for key, (t, _) in plain_state(model).items():
             assert torch.equal(loaded[key], t), f"{name}: {key}"
+
+
+def test_numbers_too_large_for_a_float_are_refused(refs, scratch):
+    """``1e999`` is valid JSON that Python reads as infinity: every ``int()`` of it would raise OverflowError."""
+    sp = refs["sparse_raw"]
+    doc, blobs = H.split(sp)
+    raw = json.dumps(doc, separators=(",", ":")).encode()
+    name = _sparse_name(sp, "enc", "sparse")
+    for key in ("nnz", "nidx", "ibits"):
+        value = doc["meta"]["tensors"][name][key]
+        hostile = raw.replace(f'"{key}":{value}'.encode(), f'"{key}":1e999'.encode(), 1)
+        assert hostile != raw
+        scratch.write_bytes(H.reseal(None, blobs, raw_meta=hostile))
+        with pytest.raises(CorruptArtifactError, match="out of range"):
+            load(scratch)
+
+
+def test_inspect_of_a_tampered_unsealed_file_is_a_clean_error(refs, scratch):
+    from deepshrink.artifact.inspect import describe
+
+    sp = refs["sparse_raw"]
+    doc, blobs = H.split(sp)
+    name = _sparse_name(sp, "enc", "sparse")
+    for value in (["a", 64], [3.5e300, 64]):
+        doc["meta"]["tensors"][name]["shape"] = value
+        sealed = H.reseal(doc, blobs)
+        broken = sealed[:40] + bytes([sealed[40] ^ 0xFF]) + sealed[41:]  # the stored digest no longer matches
+        scratch.write_bytes(broken)
+        with pytest.raises(CorruptArtifactError):
+            describe(scratch)

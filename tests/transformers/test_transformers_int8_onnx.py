@@ -211,3 +211,27 @@ def copy_of(model: torch.nn.Module) -> torch.nn.Module:
     import copy
 
     return copy.deepcopy(model)
+
+
+def test_an_architecture_record_cannot_name_hub_kernels_or_unknown_activations(tiny, tmp_path) -> None:
+    from deepshrink.core.errors import CorruptArtifactError, ModelError
+    from deepshrink.transformers import build_encoder
+
+    small = {"vocab_size": 64, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "intermediate_size": 16, "max_position_embeddings": 16}
+    with pytest.raises(ModelError, match="attn_implementation must be one of sdpa, eager"):
+        build_encoder(small, attn_implementation="kernels-community/flash-attn")
+    with pytest.raises(ModelError, match="hidden_act must be one of"):
+        build_encoder({**small, "hidden_act": "nope"})
+    # the same through a (re-sealed) artifact: a corrupt file, not a download
+    import json
+
+    from deepshrink.codec import container
+
+    deepshrink.save(build_encoder(small), tmp_path / "b.dsk")
+    box = container.read_container(tmp_path / "b.dsk")
+    meta = json.loads(json.dumps(box.meta))
+    meta["arch"]["kwargs"]["attn_implementation"] = "kernels-community/flash-attn"
+    container.write_container(tmp_path / "h.dsk", meta, box.blobs)
+    with pytest.raises(CorruptArtifactError, match="attn_implementation must be one of"):
+        deepshrink.load(tmp_path / "h.dsk")
