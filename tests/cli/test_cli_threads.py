@@ -70,7 +70,7 @@ def test_threads_zero_keeps_torch_default(command: str, seen_threads: list[int],
     assert seen_threads == [2]
 
 
-@pytest.mark.parametrize("value,fragment", [("-1", "must be >= 0"), ("two", "not an integer")])
+@pytest.mark.parametrize("value,fragment", [("-1", "must be in 0..4096"), ("99999", "must be in 0..4096"), ("two", "not an integer")])
 @pytest.mark.parametrize("command", ["run", "demo"])
 def test_bad_threads_is_a_usage_error(command: str, value: str, fragment: str, seen_threads: list[int],
                                       capsys: pytest.CaptureFixture) -> None:
