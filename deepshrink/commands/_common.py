@@ -16,30 +16,29 @@ def console():
     return Console(width=None if sys.stdout.isatty() else 160)
 
 
-def threads_arg(text: str) -> int:
-    """argparse type of ``--threads``: an integer >= 0 (0 = torch's default)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 0 <= value <= MAX_THREADS:
-        raise argparse.ArgumentTypeError(f"must be in 0..{MAX_THREADS} (0 = torch's default), got {value}")
-    return value
-
-
 MAX_THREADS = 4096
 MAX_SEED = 2**32 - 1  # numpy's seed range (every run seeds Python, NumPy and torch)
 
 
-def seed_arg(text: str) -> int:
-    """argparse type of ``--seed``: an integer in 0..2^32-1."""
+def _int_in(text: str, high: int, note: str = "") -> int:
+    """An integer in ``0..high`` for argparse (usage error, exit 2, otherwise)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be in 0..{MAX_SEED}, got {value}")
+    if not 0 <= value <= high:
+        raise argparse.ArgumentTypeError(f"must be in 0..{high}{note}, got {value}")
     return value
+
+
+def threads_arg(text: str) -> int:
+    """argparse type of ``--threads``: an integer in 0..4096 (0 = torch's default)."""
+    return _int_in(text, MAX_THREADS, " (0 = torch's default)")
+
+
+def seed_arg(text: str) -> int:
+    """argparse type of ``--seed``: an integer in 0..2^32-1."""
+    return _int_in(text, MAX_SEED)
 
 
 def add_threads_option(parser: Any) -> None:
