@@ -98,8 +98,10 @@ def auto_compress(model: nn.Module, *, train: Dataset, val: Dataset, test: Datas
     met = {"accuracy": config.max_drop_pt is None or val_drop <= config.drop_limit + EPS,
            "bytes": config.target_bytes is None or fstage["artifact_bytes"] <= config.target_bytes,
            "latency": config.target_latency_ms is None or (latency is not None
-                                                          and latency <= config.target_latency_ms)}
+                                                          and latency <= config.target_latency_ms),
+           "time": True}
     seconds = time.perf_counter() - started
+    met["time"] = seconds <= config.time_budget_s
     run = {"model": model_name, "dataset": dataset, "recipe": "auto", "baseline": base, "stages": [pstage, fstage],
            "budget": {"max_drop_pt": config.max_drop_pt, "target_bytes": config.target_bytes,
                       "target_latency_ms": config.target_latency_ms, "time_budget_s": config.time_budget_s},

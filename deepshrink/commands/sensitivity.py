@@ -33,9 +33,12 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     from deepshrink.core.fileio import ensure_dir
     from deepshrink.measure.accuracy import evaluate
     from deepshrink.sensitivity import scan, write_sensitivity
+    from deepshrink.sensitivity.scan import _check_grid
 
     keeps = _floats(args.keeps, "--keeps")
     bits = _ints(args.bits, "--bits")
+    _check_grid("kept fraction", keeps, 1e-6, 1.0)  # before the baseline trains (seconds to minutes)
+    _check_grid("bit width", bits, 1, 16)
     ranks = _ints(args.ranks, "--ranks") if args.ranks else ()
     out = ensure_dir(args.out)
     inputs = prepare(args.model, weights=args.weights, data=args.data, out=out, val_fraction=args.val_fraction,

@@ -54,7 +54,7 @@ def test_accuracy_budget_is_respected_and_artifact_is_real(setup: dict, tmp_path
     val_base = evaluate(setup["model"], setup["val"]).accuracy
     final_val = evaluate(load(res.artifact), setup["val"]).accuracy
     assert rep["val_drop_pt"] == pytest.approx(100 * (val_base - final_val), abs=1e-6)
-    assert rep["budget_met"] == (rep["val_drop_pt"] <= run["cfg"].drop_limit + 1e-9)
+    assert rep["budget_met"] == (rep["val_drop_pt"] <= run["cfg"].drop_limit + 1e-9 and rep["within_time_budget"])
     assert rep["budget_met"], rep["val_drop_pt"]  # 4 well-separated blobs: 2 points is easy to keep
     # it did compress: smaller than the dense fp32 file, and the size is the real file's
     assert rep["artifact_bytes"] == res.artifact.stat().st_size < rep["baseline"]["artifact_bytes"] / 4
@@ -82,6 +82,9 @@ def test_tiny_time_budget_still_finishes(setup: dict, tmp_path) -> None:
     rep = run["res"].report
     assert not any(t["phase"] == "prune" for t in rep["trials"])  # no time for a pruning step
     assert rep["seconds"] < 60 and (tmp_path / "model.dsk").exists()
+    # over its 2 s: the time budget is a budget too (exit 1 from the CLI), whatever the other checks say
+    assert rep["budget_checks"]["time"] == rep["within_time_budget"] == (rep["seconds"] <= 2)
+    assert not rep["within_time_budget"] or rep["budget_met"] == all(rep["budget_checks"].values())
 
 
 def test_resume_refuses_other_settings(setup: dict, tmp_path) -> None:

@@ -175,6 +175,8 @@ def _bad_cases(tmp: Path) -> list[tuple[str, list[str], str, int]]:
          "model 'mlp': bad arguments", 1),
         ("sample too large to trace", ["export", str(tmp / "mlp.dsk"), "--format", "onnx", "--input-shape",
                                        "100000,100000"], "values a sample", 1),
+        ("sensitivity grid", ["sensitivity", "--model", "mlp", "--data", "digits", "--keeps", "1.0,2.5", "--out",
+                              out], "kept fraction", 1),
         ("sparsity 1.5", ["run", swap("sparsity: 0.7", "sparsity: 1.5", "s.yaml"), "--out", out], "sparsity", 2),
         ("unknown key", ["run", swap("bits: 4", "bitz: 4", "u.yaml"), "--out", out], "bitz: unknown key", 2),
         ("wrong type", ["run", swap("epochs: 2", "epochs: two", "t.yaml"), "--out", out], "epochs", 2),
