@@ -167,7 +167,7 @@ RUNTIME_REFUSALS = {
 }
 
 
-def refuse_input_quantizers(model: nn.Module) -> None:
+def refuse_unsavable(model: nn.Module) -> None:
     """ConfigError when ``model`` quantizes activations (run-time state that an artifact does not store), or
     ModelError when it is a compiled or ONNX Runtime module (``RUNTIME_REFUSALS``)."""
     from deepshrink.quantize.modules import input_quantizers
@@ -195,7 +195,7 @@ def save(model: nn.Module, path: str | os.PathLike[str], policy: StoragePolicy |
     from deepshrink.quantize.modules import QuantizedWeight
     from deepshrink.quantize.qat import TRAINABLE
 
-    refuse_input_quantizers(model)
+    refuse_unsavable(model)
     if any(isinstance(m, (QuantizedWeight, *TRAINABLE)) for m in model.modules()):
         from deepshrink.artifact.quantized import save_quantized
 
@@ -274,7 +274,7 @@ def load(path: str | os.PathLike[str], model: nn.Module | None = None) -> nn.Mod
     if not isinstance(arch, dict) or not isinstance(arch.get("zoo"), str) or not isinstance(
             arch.get("kwargs", {}), dict):
         raise CorruptArtifactError(f"{where}: malformed architecture record")
-    user_model = model is not None
+    given = model  # the caller's model (None: rebuilt from the file's record)
     if model is not None:
         if not isinstance(model, nn.Module):
             raise ConfigError(f"load: model must be an nn.Module built like the saved one, got {type(model).__name__}")
@@ -288,7 +288,6 @@ def load(path: str | os.PathLike[str], model: nn.Module | None = None) -> nn.Mod
         if arch["zoo"] not in MODELS:
             raise CorruptArtifactError(f"{where}: unknown architecture {arch['zoo']!r}")
         model = _rebuild(arch["zoo"], arch.get("kwargs", {}), where)
-    given = model if user_model else None
     try:
         model = _replay_structure(model, arch, where)
         expected = model.state_dict()

@@ -35,7 +35,7 @@ from torch import nn
 
 from deepshrink.artifact import tensors as T
 from deepshrink.artifact.model_io import (
-    SaveReport, StoragePolicy, TensorReport, encode_model, refuse_input_quantizers,
+    SaveReport, StoragePolicy, TensorReport, encode_model, refuse_unsavable,
 )
 from deepshrink.codec import arith, container, floatpack, huffman, packing
 from deepshrink.core.errors import ConfigError, CorruptArtifactError
@@ -319,7 +319,7 @@ def save_quantized(model: nn.Module, path: str | os.PathLike[str], policy: Stora
     Activation quantizers are not stored: a model with them raises ConfigError (save the weight-only
     model, or convert with ``backends.to_int8`` for integer execution).
     """
-    refuse_input_quantizers(model)
+    refuse_unsavable(model)
     model = freeze(copy.deepcopy(model))
     meta, blobs, reports = encode_model(model, policy, info)
     by_name = {r.name: i for i, r in enumerate(reports)}

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from deepshrink.core.devices import handed_back
 from deepshrink.core.errors import ConfigError, DeepShrinkError, ModelError
+from deepshrink.measure._runtime import first_line
 from deepshrink.distill.config import DistillConfig, FeatureLink
 from deepshrink.distill.losses import attention_transfer_loss, feature_loss, kd_loss
 from deepshrink.train.trainer import Trainer, TrainResult
@@ -184,7 +185,7 @@ class Distiller(nn.Module):
                     raise
                 except Exception as exc:  # noqa: BLE001 - the user's forward raises any type
                     raise ModelError(f"distill: the teacher cannot run on the training data (a batch of shape "
-                                     f"{tuple(x.shape)}): {_first_line(exc)}") from None
+                                     f"{tuple(x.shape)}): {first_line(exc)}") from None
         finally:
             for module, mode in modes.items():
                 module.training = mode
@@ -244,10 +245,6 @@ class Distiller(nn.Module):
         return total
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
 def _run(model: Any, x: torch.Tensor, role: str) -> Any:
     """``model(x)``; a failure is one ModelError naming the role and the batch shape."""
     try:
@@ -256,7 +253,7 @@ def _run(model: Any, x: torch.Tensor, role: str) -> Any:
         raise
     except Exception as exc:  # noqa: BLE001 - the user's forward raises any type
         raise ModelError(f"distill: the {role} cannot run on the training data (a batch of shape "
-                         f"{tuple(x.shape)}): {_first_line(exc)}") from None
+                         f"{tuple(x.shape)}): {first_line(exc)}") from None
 
 
 def distill(student: nn.Module, teacher: nn.Module, train_data: Dataset | DataLoader, config: DistillConfig, *,

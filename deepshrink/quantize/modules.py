@@ -138,11 +138,16 @@ def without_input_quantizers(model: nn.Module) -> nn.Module:
     stores of a statically or QAT-quantized model."""
     plain = copy.deepcopy(model)
     for module in plain.modules():
-        if isinstance(getattr(module, "input_quant", None), ActQuantizer):
-            del module.input_quant
-            for key in [k for k, hook in module._forward_pre_hooks.items() if hook is _input_hook]:
-                del module._forward_pre_hooks[key]
+        remove_input_quantizer(module)
     return plain
+
+
+def remove_input_quantizer(module: nn.Module) -> None:
+    """Drop ``module``'s activation quantizer and its hook, if it has one (other hooks stay)."""
+    if isinstance(getattr(module, "input_quant", None), ActQuantizer):
+        del module.input_quant
+        for key in [k for k, hook in module._forward_pre_hooks.items() if hook is _input_hook]:
+            del module._forward_pre_hooks[key]
 
 
 def input_quantizers(model: nn.Module) -> dict[str, ActQuantizer]:

@@ -313,12 +313,10 @@ def _undo(module: nn.Module, n_before: int, had_input: bool) -> None:
         else:
             while len(plist) > n_before:
                 del plist[-1]
-    if not had_input and isinstance(getattr(module, "input_quant", None), ActQuantizer):
-        from deepshrink.quantize.modules import _input_hook
+    if not had_input:
+        from deepshrink.quantize.modules import remove_input_quantizer
 
-        del module.input_quant
-        for key in [k for k, hook in module._forward_pre_hooks.items() if hook is _input_hook]:
-            del module._forward_pre_hooks[key]
+        remove_input_quantizer(module)
 
 
 def check_materialized(model: nn.Module) -> None:

@@ -114,10 +114,10 @@ class CompiledEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         ids, mask = check_pair(input_ids, attention_mask, "input")
-        if self.vocab is not None and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab):
-            bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
-            raise DataError(f"token id {bad} is outside the model's vocabulary of {self.vocab} ids "
-                            f"(0..{self.vocab - 1}); tokenize with this model's tokenizer")
+        if self.vocab is not None:
+            from deepshrink.transformers.model import check_token_ids
+
+            check_token_ids(ids, self.vocab)
         n, length = ids.shape
         if length > self.seq_len:
             raise ConfigError(f"sequence length {length} is over the compiled length {self.seq_len}; "

@@ -140,14 +140,7 @@ class SentenceEncoder(nn.Module):
             raise DataError(f"input_ids must be a non-empty [batch, sequence] tensor, got {tuple(input_ids.shape)}")
         if input_ids.is_floating_point() or input_ids.is_complex():
             raise DataError(f"input_ids must be integer token ids, got {input_ids.dtype}")
-        vocab = len(self.token_map) if self.token_map is not None else int(self.config.vocab_size)
-        if input_ids.numel() == 0:
-            return
-        low, high = int(input_ids.min()), int(input_ids.max())
-        if low < 0 or high >= vocab:
-            bad = low if low < 0 else high
-            raise DataError(f"token id {bad} is outside the model's vocabulary of {vocab} ids (0..{vocab - 1}); "
-                            "tokenize with this model's tokenizer")
+        check_token_ids(input_ids, len(self.token_map) if self.token_map is not None else int(self.config.vocab_size))
 
     @property
     def _deepshrink_arch(self) -> dict[str, Any]:
@@ -156,6 +149,17 @@ class SentenceEncoder(nn.Module):
     @_deepshrink_arch.setter
     def _deepshrink_arch(self, value: dict[str, Any]) -> None:
         """``models.create`` records the build arguments; the live record above supersedes them."""
+
+
+def check_token_ids(input_ids: torch.Tensor, vocab: int) -> None:
+    """DataError when a token id is outside ``0..vocab - 1`` (an embedding lookup would fail or crash)."""
+    if input_ids.numel() == 0:
+        return
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocab:
+        bad = low if low < 0 else high
+        raise DataError(f"token id {bad} is outside the model's vocabulary of {vocab} ids (0..{vocab - 1}); "
+                        "tokenize with this model's tokenizer")
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor, normalize: bool = True) -> torch.Tensor:
