@@ -97,9 +97,10 @@ def encode_quant(q: QuantizedWeight, key: str) -> T.Encoded:
         meta["cshape"] = [c, g, k]
     blobs: dict[str, bytes] = {}
     zp = None
-    if q.levels is not None and _pow2_max(q) is not None:
+    pow2_max = _pow2_max(q)
+    if pow2_max is not None:
         meta["pow2"] = True  # the table follows from each row's largest magnitude (P.pow2_table)
-        _floats(meta, blobs, "sblob", f"{key}.s", _pow2_max(q))
+        _floats(meta, blobs, "sblob", f"{key}.s", pow2_max)
     elif q.levels is not None:
         _floats(meta, blobs, "lblob", f"{key}.l", q.levels)
     else:

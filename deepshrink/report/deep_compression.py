@@ -36,6 +36,8 @@ def layer_rows(result: DeepCompressionResult) -> list[dict[str, Any]]:
         key = f"{name}.weight"
         p, q, h = by_stage["pruned"][key], by_stage["quantized"][key], by_stage["huffman"][key]
         fp32 = 4 * p.numel
+        packed = _per_nnz_bits(q, "index")
+        index_pq = packed if packed is not None else q.index_bits
         rows.append({
             "layer": name,
             "weights": p.numel,
@@ -47,7 +49,7 @@ def layer_rows(result: DeepCompressionResult) -> list[dict[str, Any]]:
             "value_entropy": h.streams["values"].entropy_bits if "values" in h.streams else None,
             "index_width_pq": q.index_bits,  # the relative-index width b the P+Q stage packs at
             # per stored weight, as the other bits columns (fillers included): the packed index stream's bits
-            "index_bits_pq": _per_nnz_bits(q, "index") if _per_nnz_bits(q, "index") is not None else q.index_bits,
+            "index_bits_pq": index_pq,
             "index_bits_pqh": _per_nnz_bits(h, "index"),
             "index_entropy": h.streams["index"].entropy_bits if "index" in h.streams else None,
             "fillers": (h.streams["index"].symbols - h.nnz) if "index" in h.streams else 0,
