@@ -115,6 +115,9 @@ DS_CONFIGS: dict[str, dict[str, Any]] = {
     "ds inductor int8 + SmoothQuant 0.5 + int8 emb, length buckets": {"emb": "int8", "backend": "inductor",
                                                                       "smooth": 0.5, "buckets": True},
     "ds inductor int8 + int8 emb": {"emb": "int8", "backend": "inductor"},
+    # the shipped recipe recipes/minilm_int8.yaml: 7-bit codes pinned (the default on CPUs without VNNI)
+    "ds inductor int8 (7-bit) + SmoothQuant 0.5 + int8 emb": {"emb": "int8", "backend": "inductor", "smooth": 0.5,
+                                                             "bits": 7},
     # the same int8 model as the first row (quantize_int8 + SmoothQuant 0.5, saved and loaded), exported to ONNX
     # (per-token QuantizeLinear + MatMulInteger with its int8 codes) and run by ONNX Runtime
     "ds int8 + SmoothQuant 0.5 + int8 emb, ONNX Runtime": {"emb": "int8", "backend": "ort-int8", "smooth": 0.5},
@@ -149,7 +152,8 @@ def build_inductor(name: str, model: torch.nn.Module, spec: dict[str, Any], lat_
         art = deepshrink.save(model, path)
         note += f"; compile {time.time() - t0:.0f}s; bytes: deepshrink artifact (float Linears)"
         return Candidate(name, enc, art.nbytes, note)
-    qmodel = quantize_int8(model, calibration=calib, smooth=spec.get("smooth"), skip=skip)
+    qmodel = quantize_int8(model, calibration=calib, smooth=spec.get("smooth"), skip=skip,
+                           weight_bits=spec.get("bits"))
     art = deepshrink.save(qmodel, path)
     bits = sorted({m.bits for m in qmodel.modules() if isinstance(m, Int8Linear)})
     t1 = time.time()

@@ -60,7 +60,10 @@ CLAIMS: dict[str, dict] = {
                            "paper": "none (issue 7's bars: cosine >= 0.99, agreement >= 0.95)"},
     # RESULTS.md "all-MiniLM-L6-v2: compressed vs int8 baselines" (results/minilm.md), row "ds inductor int8 +
     # SmoothQuant 0.5 + int8 emb": the same quantize_int8 model, scored compiled (compile: true) as the benchmark.
-    "minilm_int8": {"agree": 0.965, "cos": 0.9981, "max_size_frac": 0.25, "fp32_file": 90_868_376,
+    # The int8 kernels (and the float work around them) differ by SIMD width, so the benchmark row is per CPU
+    # kind: 0.965 on the AMD EPYC (AVX2; results/minilm.md), 0.955 on the Intel Xeon (AVX-512 VNNI; the same
+    # 7-bit configuration in results/minilm_vnni_7bit.md). Cosine 0.9981 on both.
+    "minilm_int8": {"agree": {"AVX2": 0.965, "AVX-512": 0.955}, "cos": 0.9981, "max_size_frac": 0.25, "fp32_file": 90_868_376,
                     "paper": "sentence-transformers: ONNX int8 2.3x at 99.7% of fp32 quality (VNNI CPUs); "
                              "issue 7's bars: cosine >= 0.99, agreement >= 0.95, size <= 25%"},
     "hinton_distillation_mlp": {"bar": "no RESULTS.md row with these settings (the benchmark's teacher uses "
@@ -135,8 +138,15 @@ def verdict(name: str, rep: dict) -> tuple[str, str]:
                                                             f" on {CLAIM_ISA} (here {cpu_isa()}: +- {slack} B)"))
         checks.append(abs(final["artifact_bytes"] - claim["seed0_bytes"]) <= slack)
     if "agree" in claim:  # one query of 200 may flip at another thread count (float sums in another order)
-        ref.append(f"agreement {claim['agree']:.3f}")
-        checks.append(abs(final["accuracy"] - claim["agree"]) <= 0.0051)
+        agree = claim["agree"]
+        if isinstance(agree, dict):  # measured per CPU kind (int8 kernels differ by SIMD width)
+            agree = agree.get(cpu_isa())
+        if agree is None:
+            ref.append(f"agreement: no claim measured on {cpu_isa()}")
+            checks.append(False)
+        else:
+            ref.append(f"agreement {agree:.3f}" + (f" ({cpu_isa()})" if isinstance(claim["agree"], dict) else ""))
+            checks.append(abs(final["accuracy"] - agree) <= 0.0051)
     if "cos" in claim:
         ref.append(f"cosine {claim['cos']:.4f} (got {final.get('cosine', float('nan')):.4f})")
         checks.append(abs(final.get("cosine", -1.0) - claim["cos"]) <= 5e-4)

@@ -52,6 +52,9 @@ def _splits(train_data: Any, eval_data: Any) -> Any:
     from deepshrink.data import load as load_data
     from deepshrink.data.sentences import TextSplits, is_text_dataset, load_text
 
+    if isinstance(train_data, (DataSplits, TextSplits, str, os.PathLike)) and eval_data is not None:
+        raise ConfigError("eval_data goes with train_data given as a TensorDataset; a DataSplits or a dataset "
+                          "name brings its own test split (or pass eval_fn to score the model your way)")
     if isinstance(train_data, (DataSplits, TextSplits)):
         return train_data
     if is_text_dataset(train_data):
@@ -65,6 +68,12 @@ def _splits(train_data: Any, eval_data: Any) -> Any:
     if not isinstance(test, TensorDataset) or len(test.tensors) != 2:
         raise DataError("eval_data must be a TensorDataset of (inputs, labels)")
     x, y = train_data.tensors
+    for what, ds in (("train_data", train_data), ("eval_data", test)):
+        if len(ds) == 0:
+            raise DataError(f"{what} is empty")
+        if ds.tensors[1].is_floating_point() or ds.tensors[1].dim() != 1:
+            raise DataError(f"{what}: labels must be a 1-D integer tensor of class indices, got "
+                            f"{ds.tensors[1].dtype} of shape {tuple(ds.tensors[1].shape)}")
     num_classes = int(max(int(y.max()), int(test.tensors[1].max()))) + 1
     return DataSplits("user", train_data, test, num_classes, tuple(x.shape[1:]))
 

@@ -7,7 +7,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from deepshrink.commands._common import EXIT_CORRUPT, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
+from deepshrink.commands._common import EXIT_CORRUPT, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from deepshrink.core.errors import DeepShrinkError
 
 EPILOG = """examples:
@@ -57,9 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
         return EXIT_OK
     except DeepShrinkError as exc:
-        from deepshrink.core.errors import CorruptArtifactError, UnsupportedVersionError
+        from deepshrink.core.errors import CorruptArtifactError, UnsupportedVersionError, UsageError
 
         print(f"error: {exc}", file=sys.stderr)
+        if isinstance(exc, UsageError):
+            return EXIT_USAGE
         return EXIT_CORRUPT if isinstance(exc, (CorruptArtifactError, UnsupportedVersionError)) else EXIT_ERROR
 
 

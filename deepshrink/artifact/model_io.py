@@ -76,23 +76,62 @@ class SaveReport:
     tensors: list[TensorReport]
 
 
+def _own_parametrization(plist: nn.Module) -> bool:
+    """Whether a parametrization list holds only deepshrink's (masks, shared codebooks, weight quantizers), whose
+    tensor is stored under its plain name; torch's (weight_norm, spectral_norm, ...) keep their own tensors."""
+    return all(type(p).__module__.startswith("deepshrink.") for p in plist)
+
+
 def plain_state(model: nn.Module) -> dict[str, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]]:
-    """Each persistent tensor under its plain name (as a fresh model names it), with its codebook if shared."""
+    """Each persistent tensor under its state-dict name as a fresh model names it (a deepshrink-parametrized
+    weight under its plain name), with its codebook if shared. A module used at two places is stored under
+    both names, as ``state_dict`` lists it. ModelError for what an artifact cannot hold: uninitialized (lazy)
+    parameters and ``get_extra_state``."""
     out: dict[str, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]] = {}
-    for mod_name, module in model.named_modules():
+    for mod_name, module in model.named_modules(remove_duplicate=False):
         if ".parametrizations" in f".{mod_name}" or mod_name.endswith("parametrizations"):
             continue
         prefix = f"{mod_name}." if mod_name else ""
+        if type(module).get_extra_state is not nn.Module.get_extra_state:
+            raise ModelError(f"cannot save {prefix or 'the model '}({type(module).__name__}): it defines "
+                             "get_extra_state, arbitrary Python state that a pickle-free artifact does not hold")
         if parametrize.is_parametrized(module):
-            for pname in module.parametrizations.keys():
-                out[prefix + pname] = (getattr(module, pname).detach(), shared_codebook(module, pname))
+            for pname, plist in module.parametrizations.items():
+                if _own_parametrization(plist):
+                    out[prefix + pname] = (getattr(module, pname).detach(), shared_codebook(module, pname))
+                else:  # torch's own: its original tensors (and buffers), as the state dict has them
+                    for key, t in plist.state_dict(prefix=f"{prefix}parametrizations.{pname}.").items():
+                        out[key] = (t.detach(), None)
         for pname, p in module._parameters.items():
+            if isinstance(p, nn.parameter.UninitializedTensorMixin):
+                raise ModelError(f"cannot save: {prefix}{pname} ({type(module).__name__}) is an uninitialized lazy "
+                                 "parameter; run one forward pass first so it gets its shape")
             if p is not None:
                 out[prefix + pname] = (p.detach(), None)
         for bname, b in module._buffers.items():
+            if isinstance(b, nn.parameter.UninitializedTensorMixin):
+                raise ModelError(f"cannot save: {prefix}{bname} ({type(module).__name__}) is an uninitialized lazy "
+                                 "buffer; run one forward pass first so it gets its shape")
             if b is not None and bname not in module._non_persistent_buffers_set:
                 out[prefix + bname] = (b.detach(), None)
     return out
+
+
+def round_small_tensors(model: nn.Module) -> None:
+    """Round every float tensor an artifact stores with ``small_dtype`` (1-D and 0-D: biases, norms, batch-norm
+    statistics, codebooks) to float16 values in place, so the model in memory is the one an fp16 artifact
+    reloads bit for bit."""
+    with torch.no_grad():
+        for t, _ in plain_state(model).values():
+            if t.is_floating_point() and t.dim() <= 1:
+                t.copy_(t.half().to(t.dtype))
+        for p in model.parameters():  # also parametrization originals (a codebook is stored as its own tensor)
+            if p.is_floating_point() and p.dim() <= 1:
+                p.copy_(p.half().to(p.dtype))
+
+
+#: float dtypes stored exactly in float32 (or float64) blobs and restored on load (``tdtype`` in the metadata)
+RESTORED_FLOATS = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
 def _encode(name: str, t: torch.Tensor, shared: tuple[torch.Tensor, torch.Tensor] | None, key: str,
@@ -110,13 +149,24 @@ def _encode(name: str, t: torch.Tensor, shared: tuple[torch.Tensor, torch.Tensor
         nnz = int((assign != codebook.numel()).sum())
     elif t.is_floating_point():
         dtype = policy.small_dtype if t.dim() <= 1 else policy.value_dtype
+        if t.dtype == torch.float64 and dtype == "float32":  # exact storage of a float64 tensor is float64
+            dtype = "float64"
         options = [T.encode_dense(t, dtype, key)]
         if policy.sparse and t.dim() > 1 and nnz < t.numel():
             options.append(T.encode_sparse(t, key, index_bits=bits, coding=policy.coding, value_dtype=dtype))
-    else:
+    elif t.is_complex():
+        raise ConfigError(f"cannot save tensor {name}: dtype {t.dtype} is not supported by the artifact format")
+    else:  # integers and bools: their own width when the format has it, else int64 (values kept)
         options = [T.encode_dense(t, T.TORCH_TO_NAME.get(t.dtype, "int64"), key)]
     best = min(options, key=lambda e: e.nbytes)
     best.meta["shape"] = list(t.shape)
+    if t.is_floating_point() and t.dtype != torch.float32:  # restored on load (float32 tensors: no key)
+        if t.dtype not in RESTORED_FLOATS.values():
+            raise ConfigError(f"cannot save tensor {name}: dtype {t.dtype} is not supported by the artifact format "
+                              f"(float32, {', '.join(RESTORED_FLOATS)})")
+        best.meta["tdtype"] = str(t.dtype).removeprefix("torch.")
+    if shared is not None:  # the width the ids are stored at: k + 1 symbols when some are pruned (zero id)
+        weight_bits = T.bits_for(best.meta.get("alpha", shared[0].numel()))
     report = TensorReport(name, tuple(t.shape), t.numel(), nnz, best.meta["enc"], best.nbytes,
                           best.meta.get("ibits"), weight_bits, best.streams)
     return best, report
@@ -167,6 +217,19 @@ RUNTIME_REFUSALS = {
 }
 
 
+def torch_int8_layers(model: nn.Module) -> list[str]:
+    """Layers running PyTorch's own int8 kernels (``torch.ao.nn.quantized``: packed weights, no plain tensors)."""
+    return [name or type(m).__name__ for name, m in model.named_modules()
+            if type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized",
+                                              "torch.ao.nn.intrinsic.quantized"))
+            and not name.endswith("_packed_params")]
+
+
+def some(names: list[str], most: int = 3) -> str:
+    """``a, b, c, ...``: the first ``most`` names, with an ellipsis when there are more."""
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
+
+
 def refuse_unsavable(model: nn.Module) -> None:
     """ConfigError when ``model`` quantizes activations (run-time state that an artifact does not store), or
     ModelError when it is a compiled or ONNX Runtime module (``RUNTIME_REFUSALS``)."""
@@ -177,9 +240,14 @@ def refuse_unsavable(model: nn.Module) -> None:
         raise ModelError(f"cannot save {type(model).__name__}: "
                          f"{RUNTIME_REFUSALS.get(runtime, 'it is a runtime module without tensors')}")
 
+    int8 = torch_int8_layers(model)
+    if int8:
+        raise ModelError(f"cannot save {type(model).__name__}: {len(int8)} layers ({some(int8)}) run torch int8 "
+                         "kernels with packed weights, which an artifact does not hold; save the model it was "
+                         "converted from (or its quantize() form, stored as integer codes) and convert after loading")
     acts = input_quantizers(model)
     if acts:
-        raise ConfigError(f"cannot save {type(model).__name__}: {len(acts)} layers ({', '.join(list(acts)[:3])}) "
+        raise ConfigError(f"cannot save {type(model).__name__}: {len(acts)} layers ({some(list(acts))}) "
                           "quantize their inputs, which an artifact does not store; save "
                           "deepshrink.quantize.without_input_quantizers(model) (the weights keep their codes) or "
                           "convert it for integer execution with deepshrink.quantize.backends.to_int8")
@@ -309,10 +377,21 @@ def load(path: str | os.PathLike[str], model: nn.Module | None = None) -> nn.Mod
         reason = str(exc).removeprefix(f"{where}: ")
         raise ModelError(f"{where} does not fit the {type(given).__name__} passed as model= (the file holds "
                          f"{saved[:120]}): {reason}") from None
-    state = {}
+    state, dtypes = {}, {}
     for name, tmeta in stored.items():
         shape = tuple(expected[name].shape)
-        state[name] = T.decode_tensor(tmeta, shape, box.blobs, f"{where}: {name}").to(expected[name].dtype)
+        dtype = expected[name].dtype
+        if "tdtype" in tmeta:
+            if tmeta["tdtype"] not in RESTORED_FLOATS or not dtype.is_floating_point:
+                raise CorruptArtifactError(f"{where}: tensor {name} has an invalid dtype record {tmeta['tdtype']!r}")
+            dtype = dtypes[name] = RESTORED_FLOATS[tmeta["tdtype"]]
+        state[name] = T.decode_tensor(tmeta, shape, box.blobs, f"{where}: {name}").to(dtype)
     model.load_state_dict(state, strict=True)
+    for name, dtype in dtypes.items():  # the saved model's float dtype (load_state_dict keeps the fresh model's)
+        owner, _, attr = name.rpartition(".")
+        module = model.get_submodule(owner)
+        tensor = getattr(module, attr)
+        if tensor.dtype != dtype:
+            tensor.data = state[name]
     setattr(model, ARCH_ATTR, copy.deepcopy(arch))  # the record it was built from: saved again, it reloads the same
     return model.eval()

@@ -146,7 +146,7 @@ def encode_sparse(t: torch.Tensor, key: str, *, index_bits: int | None, coding: 
         flat_assign = assign.flatten().cpu().numpy()
         positions = np.flatnonzero(flat_assign != codebook.numel())
     else:
-        positions = np.flatnonzero(t.detach().flatten().cpu().numpy())
+        positions = np.flatnonzero((t.detach().flatten().cpu() != 0).numpy())  # any float dtype (bf16 too)
     n = t.numel()
     bits = index_bits if index_bits is not None else sparse.best_index_bits(positions, n)
     idx_symbols = sparse.encode_positions(positions, n, bits)

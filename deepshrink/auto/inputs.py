@@ -8,6 +8,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -46,12 +47,13 @@ def baseline_config(model_spec: str, epochs: int | None, seed: int) -> TrainConf
 
 def prepare(model_spec: str, *, weights: str | None, data: str, out: Path, val_fraction: float = 0.2,
             seed: int = 0, train_epochs: int | None = None, progress: bool | None = None,
-            model_args: dict[str, Any] | None = None) -> Inputs:
+            model_args: dict[str, Any] | None = None, check: Callable[[nn.Module], Any] | None = None) -> Inputs:
     """Build ``model_spec`` (zoo name or package.module:factory), load ``weights`` or train on the fit split.
 
     A trained baseline is cached in ``out`` (``baseline.trained.<epochs>e.s<seed>.v<validation %>.<fingerprint>.dsk``,
     the fingerprint of the model, its arguments, the dataset and the training settings) so a resumed or repeated
-    run does not train it again. The validation split is held out of the training data.
+    run does not train it again. The validation split is held out of the training data. ``check`` is called
+    with the built model before any weights are loaded or trained (to refuse bad settings early).
     """
     from deepshrink.artifact import StoragePolicy, save
     from deepshrink.auto.run import split_train
@@ -64,6 +66,8 @@ def prepare(model_spec: str, *, weights: str | None, data: str, out: Path, val_f
     seed_everything(seed)  # the initial weights too: the same --seed trains the same baseline
     model = build()
     check_runs(model, model_spec, data, example)
+    if check is not None:
+        check(model)
     if weights is not None:
         load_weights(model, weights)
         return Inputs(model.eval(), splits, fit, val, example, f"weights {weights}")

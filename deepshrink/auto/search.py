@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from deepshrink.artifact import StoragePolicy, save
+from deepshrink.artifact.model_io import round_small_tensors
 from deepshrink.auto.config import AutoConfig
 from deepshrink.auto.plan import Plan, estimate_bytes, midpoint, next_step, prune_path
 from deepshrink.core.errors import ArtifactError, ConfigError
@@ -87,14 +88,6 @@ def _fingerprint(model: nn.Module, cfg: AutoConfig, extra: list[Any]) -> str:
         for t in model.state_dict().values():
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def _round_small(model: nn.Module) -> None:
-    """Round 1-D float tensors to float16 values, so the fp16-bias artifact reloads exactly."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() <= 1 and p.is_floating_point():
-                p.copy_(p.half().float())
 
 
 def final_info(bits: dict[str, int], plan: Any) -> dict[str, Any]:
@@ -170,7 +163,7 @@ class _Search:
         mods = weight_layers(trial)
         for name in self.layers:
             share_weights(mods[name], bits)
-        _round_small(trial)
+        round_small_tensors(trial)
         return save(trial, self.out / "preview.dsk", FINAL_POLICY).nbytes
 
     # -- phase 1: pruning ----------------------------------------------------------------------
@@ -420,7 +413,7 @@ class _Search:
             self._fit(work, finetune.replace(seed=finetune.seed + len(candidates)) if cfg.explore else finetune,
                       "auto centroids")
             work.cpu()
-            _round_small(work)
+            round_small_tensors(work)
             path = self.out / f"candidate{len(candidates)}.dsk"
             # the metadata model.dsk gets (auto.run): the bytes judged are the delivered file's
             nbytes = save(work, path, FINAL_POLICY, info=final_info(bits, st.get("accepted_plan"))).nbytes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any
 
@@ -55,3 +56,14 @@ def apply_threads(threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def model_args_type(text: str) -> str:
+    """argparse type of --model-args: a JSON object (kept as its text)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not JSON: {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"hidden\": [200, 50]}'")
+    return text

@@ -13,7 +13,7 @@ from deepshrink.commands._common import EXIT_ERROR, EXIT_OK, console
 
 def _parse_bytes(text: str) -> int:
     """``27000``, ``26.5KiB``, ``1.5MB``... as a byte count."""
-    from deepshrink.core.errors import ConfigError
+    from deepshrink.core.errors import UsageError
 
     units = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2}
     raw = text.strip().lower().replace(" ", "")
@@ -22,19 +22,17 @@ def _parse_bytes(text: str) -> int:
     try:
         value = float(number) * units[unit]
     except (ValueError, KeyError):
-        raise ConfigError(f"--target-bytes must be a size like 27000, 26KiB or 1.5MB, got {text!r}") from None
+        raise UsageError(f"--target-bytes must be a size like 27000, 26KiB or 1.5MB, got {text!r}") from None
     if value < 1:
-        raise ConfigError(f"--target-bytes must be at least 1 byte, got {text!r}")
+        raise UsageError(f"--target-bytes must be at least 1 byte, got {text!r}")
     return int(value)
 
 
-def cmd_auto(args: argparse.Namespace) -> int:
-    from deepshrink.auto import AutoConfig, auto_compress
-    from deepshrink.auto.inputs import prepare
-    from deepshrink.core.fileio import ensure_dir
+def _config(args: argparse.Namespace, base: Any) -> Any:
+    """The AutoConfig of the options (ConfigError on a bad value)."""
+    from deepshrink.auto import AutoConfig
 
-    base = AutoConfig(max_drop_pt=1.0)
-    cfg = AutoConfig(
+    return AutoConfig(
         # no --max-drop: 0.5 points, unless a size target alone asks for the smallest loss at that size
         # (a latency target alone keeps the 0.5: compression here does not change latency; AutoConfig)
         max_drop_pt=args.max_drop if args.max_drop is not None or args.target_bytes or args.target_latency
@@ -44,6 +42,23 @@ def cmd_auto(args: argparse.Namespace) -> int:
         retrain=base.retrain.replace(epochs=args.retrain_epochs, seed=args.seed),
         finetune=base.finetune.replace(epochs=args.finetune_epochs, seed=args.seed), seed=args.seed,
         explore=args.explore)
+
+
+def cmd_auto(args: argparse.Namespace) -> int:
+    from deepshrink.auto import AutoConfig, auto_compress
+    from deepshrink.auto.inputs import prepare
+    from deepshrink.core.errors import ConfigError, UsageError
+    from deepshrink.core.fileio import ensure_dir
+
+    base = AutoConfig(max_drop_pt=1.0)
+    try:  # every option value is checked here, before any work: a bad one is a usage error (exit 2)
+        cfg = _config(args, base)
+        if not 0 < args.val_fraction < 1:
+            raise ConfigError(f"--val-fraction: the validation fraction must be in (0, 1), got {args.val_fraction}")
+    except UsageError:
+        raise
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
     out = ensure_dir(args.out)
     log = (lambda _m: None) if args.json or args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     inputs = prepare(args.model, weights=args.weights, data=args.data, out=out, val_fraction=args.val_fraction,

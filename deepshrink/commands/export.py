@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from deepshrink.commands._common import EXIT_OK, console
+from deepshrink.commands._common import EXIT_OK, console, model_args_type
 
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
 
@@ -23,11 +23,19 @@ def _shape(text: str) -> tuple[int, ...]:
     return dims
 
 
-def _user_model(spec: str) -> Any:
-    """A fresh model from ``package.module:factory`` (or a zoo name), for an artifact of the user's own model."""
+def _user_model(spec: str, src: Path, model_args: str | None) -> Any:
+    """A fresh model from ``package.module:factory`` (or a zoo name), for an artifact of the user's own model,
+    built with ``model_args`` (JSON) or else the factory arguments the artifact recorded (`run --model-args`)."""
+    from deepshrink.codec import container
     from deepshrink.recipe.models import model_factory
 
-    return model_factory(spec)()
+    if model_args is not None:
+        kwargs = json.loads(model_args)
+    else:
+        arch = container.read_container(src).meta.get("arch")  # a corrupt file fails here as in load
+        kwargs = arch.get("kwargs") if isinstance(arch, dict) else None
+        kwargs = kwargs if isinstance(kwargs, dict) else {}
+    return model_factory(spec, kwargs)()
 
 
 def _is_encoder(model: Any) -> bool:
@@ -71,7 +79,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     src = Path(args.file)
     if not src.is_file():
         raise ConfigError(f"artifact {src} does not exist")
-    model = load(src, model=_user_model(args.model) if args.model else None)
+    if args.model_args is not None and not args.model:
+        raise ConfigError("--model-args needs --model (the factory they are passed to)")
+    model = load(src, model=_user_model(args.model, src, args.model_args) if args.model else None)
     encoder = _is_encoder(model)
     if args.format in ("onnx", "torchscript") and not args.input_shape and not encoder:
         raise ConfigError(f"--format {args.format} traces the model: give one sample's shape with --input-shape, "
@@ -145,5 +155,7 @@ def register(sub: Any) -> None:
     exp.add_argument("--model", metavar="PACKAGE.MODULE:FACTORY",
                      help="for an artifact of your own model (deepshrink run --model package.module:factory): "
                           "the factory that builds it, as given to run (files never name code that is imported)")
+    exp.add_argument("--model-args", type=model_args_type,
+                     help="JSON object of arguments for the --model factory (default: those the run recorded)")
     exp.add_argument("--json", action="store_true", help="machine-readable output")
     exp.set_defaults(handler=cmd_export)

@@ -7,7 +7,9 @@ import json
 import sys
 from typing import Any
 
-from deepshrink.commands._common import EXIT_OK, EXIT_USAGE, add_threads_option, apply_threads, console, seed_arg
+from deepshrink.commands._common import (
+    EXIT_OK, EXIT_USAGE, add_threads_option, apply_threads, console, model_args_type, seed_arg,
+)
 
 
 def print_run(report: dict[str, Any], out: str | None) -> None:
@@ -90,16 +92,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _model_args(text: str) -> str:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not JSON: {text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"hidden\": [200, 50]}'")
-    return text
-
-
 def register(sub: Any) -> None:
     run = sub.add_parser("run", help="run a compression recipe (YAML) on a model and dataset",
                          description="Run the stages of RECIPE in order, writing one artifact per stage, "
@@ -107,7 +99,7 @@ def register(sub: Any) -> None:
                                      "--out.")
     run.add_argument("recipe", help="recipe YAML file, or the name of a shipped recipe in recipes/")
     run.add_argument("--model", help="zoo name or package.module:factory (default: the recipe's model:)")
-    run.add_argument("--model-args", type=_model_args, help="JSON object of arguments for the model factory")
+    run.add_argument("--model-args", type=model_args_type, help="JSON object of arguments for the model factory")
     run.add_argument("--weights", help="trained weights (.safetensors or .dsk): leading finetune stages are skipped")
     run.add_argument("--data", help="dataset name or folder, or a text dataset (pydocs) for sentence encoders "
                                     "(default: the recipe's dataset:)")

@@ -10,22 +10,26 @@ from typing import Any
 from deepshrink.commands._common import EXIT_OK, console, seed_arg
 
 
-def _floats(text: str, what: str) -> tuple[float, ...]:
+def _numbers(text: str, what: str, kind: type) -> tuple:
+    """The comma-separated numbers of an option (ConfigError when there are none or one is not a number)."""
     from deepshrink.core.errors import ConfigError
 
     try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
+        values = tuple(kind(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise ConfigError(f"{what} must be comma-separated numbers, got {text!r}") from None
+        raise ConfigError(f"{what} must be comma-separated {'integers' if kind is int else 'numbers'}, "
+                          f"got {text!r}") from None
+    if not values:
+        raise ConfigError(f"{what} gives no value ({text!r})")
+    return values
+
+
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    return _numbers(text, what, float)
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
-    from deepshrink.core.errors import ConfigError
-
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise ConfigError(f"{what} must be comma-separated integers, got {text!r}") from None
+    return _numbers(text, what, int)
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
@@ -33,17 +37,30 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     from deepshrink.core.fileio import ensure_dir
     from deepshrink.measure.accuracy import evaluate
     from deepshrink.sensitivity import scan, write_sensitivity
-    from deepshrink.sensitivity.scan import _check_grid
+    from deepshrink.core.errors import ConfigError, UsageError
+    from deepshrink.sensitivity.scan import _check_grid, check_settings
 
-    keeps = _floats(args.keeps, "--keeps")
-    bits = _ints(args.bits, "--bits")
-    _check_grid("kept fraction", keeps, 1e-6, 1.0)  # before the baseline trains (seconds to minutes)
-    _check_grid("bit width", bits, 1, 16)
-    ranks = _ints(args.ranks, "--ranks") if args.ranks else ()
+    try:  # bad option values are usage errors (exit 2)
+        keeps = _floats(args.keeps, "--keeps")
+        bits = _ints(args.bits, "--bits")
+        ranks = _ints(args.ranks, "--ranks") if args.ranks else ()
+        _check_grid("kept fraction", keeps, 1e-6, 1.0)  # the values before the model is even built
+        _check_grid("bit width", bits, 1, 16, integer=True)
+        if not 0 < args.val_fraction < 1:
+            raise ConfigError(f"--val-fraction: the validation fraction must be in (0, 1), got {args.val_fraction}")
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    layers = [n.strip() for n in args.layers.split(",") if n.strip()] if args.layers else None
+
+    def check(model: Any) -> None:  # on the built model, before the baseline trains (seconds to minutes)
+        try:
+            check_settings(model, layers=layers, keeps=keeps, bits=bits, ranks=ranks)
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+
     out = ensure_dir(args.out)
     inputs = prepare(args.model, weights=args.weights, data=args.data, out=out, val_fraction=args.val_fraction,
-                     seed=args.seed, train_epochs=args.train_epochs)
-    layers = [n.strip() for n in args.layers.split(",") if n.strip()] if args.layers else None
+                     seed=args.seed, train_epochs=args.train_epochs, check=check)
     result = scan(inputs.model, lambda m: evaluate(m, inputs.val).accuracy, layers=layers, keeps=keeps, bits=bits,
                   ranks=ranks)
     paths = write_sensitivity(result, out, f"{args.model} on {args.data}")

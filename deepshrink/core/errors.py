@@ -11,6 +11,10 @@ class ConfigError(DeepShrinkError, ValueError):
     """A setting, ratio, bit width, recipe key or name is invalid."""
 
 
+class UsageError(ConfigError):
+    """A command-line option value is invalid (the CLI exits 2, as argparse does for its own checks)."""
+
+
 class DataError(DeepShrinkError):
     """A dataset is unknown, missing or malformed."""
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from deepshrink.core.errors import ConfigError, DeepShrinkError, ModelError
+from deepshrink.artifact.model_io import some, torch_int8_layers
 from deepshrink.core.fileio import atomic_write_bytes
 from deepshrink.export.onnx import _as_tuple, _first_line, check_onnx, export_onnx, ort_session, run_onnx
 
@@ -32,14 +33,6 @@ def _unwrap(model: Any) -> nn.Module:
     if not isinstance(inner, nn.Module):
         raise ModelError(f"cannot export {type(model).__name__}: not a torch nn.Module")
     return inner
-
-
-def torch_int8_layers(model: nn.Module) -> list[str]:
-    """Layers running PyTorch's own int8 kernels (``torch.ao.nn.quantized``: packed weights, no plain tensors)."""
-    return [name or type(m).__name__ for name, m in model.named_modules()
-            if type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized",
-                                              "torch.ao.nn.intrinsic.quantized"))
-            and not name.endswith("_packed_params")]
 
 
 def _name(model: nn.Module) -> str:
@@ -84,7 +77,7 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], format: Format,
                          f"{RUNTIME_REFUSALS.get(runtime, 'it is a runtime module without tensors')}")
     int8 = torch_int8_layers(module)
     if int8 and format != "torchscript":
-        raise ModelError(f"cannot export {what} to {format}: {len(int8)} layers ({', '.join(int8[:3])}) run "
+        raise ModelError(f"cannot export {what} to {format}: {len(int8)} layers ({some(int8)}) run "
                          "torch int8 kernels with packed weights that have no ONNX/plain-tensor form; export "
                          "the float or fake-quant model (ONNX Runtime quantizes it) or use format 'torchscript'")
     was_training = module.training

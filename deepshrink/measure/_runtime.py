@@ -32,8 +32,9 @@ def eval_mode(model: object) -> Iterator[None]:
 
 
 def split_inputs(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """A tuple is positional args, a dict keyword args, anything else one positional argument."""
-    if isinstance(example_inputs, tuple):
+    """A tuple is positional args, a dict keyword args, anything else one positional argument (a named tuple
+    such as a ``PackedSequence`` too: it is one input)."""
+    if type(example_inputs) is tuple:
         return example_inputs, {}
     if isinstance(example_inputs, dict):
         return (), dict(example_inputs)

@@ -53,6 +53,10 @@ def _score_batch(model: nn.Module, batch: Any, device: torch.device) -> tuple[fl
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != labels.shape[0]:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ModelError(f"model output {shape} is not (batch, classes) logits for {labels.shape[0]} labels")
+    bad = (labels < 0) | (labels >= logits.shape[1])  # cross_entropy would skip -100 (its ignore_index) silently
+    if bool(bad.any()):
+        raise DataError(f"labels do not fit {logits.shape[1]} output classes: label "
+                        f"{int(labels[bad][0])} (labels must be 0..{logits.shape[1] - 1})")
     try:
         loss = float(F.cross_entropy(logits.float(), labels, reduction="sum").item())
     except (IndexError, RuntimeError) as exc:

@@ -82,6 +82,9 @@ class _Entry:
     stored: tuple[torch.Tensor, ...]
     nonzeros: Callable[[], int]
     logical: int = 0  # elements of the effective tensor when it has more than is stored (a shared codebook)
+    # what makes it this parameter (default: its stored tensors): a codebook shared by several layers is one
+    # stored tensor, but each layer's own assignment makes its weight a parameter of its own
+    identity: tuple[torch.Tensor, ...] = ()
 
     @property
     def numel(self) -> int:
@@ -102,7 +105,7 @@ def _own_entries(module: nn.Module) -> Iterator[_Entry]:
             # codebook): count the effective tensor's elements, not the k stored centroids
             with torch.no_grad():
                 logical = getattr(module, pname).numel()
-            yield _Entry(pname, stored, effective, logical)
+            yield _Entry(pname, stored, effective, logical, stored + tuple(plist.buffers()))
     if _is_torch_int8(module):
         for name in ("weight", "bias"):
             t = getattr(module, name)()
@@ -122,15 +125,18 @@ def _buffer_nonzeros(buf: torch.Tensor) -> int:
 
 
 def _unique_entries(model: nn.Module) -> Iterator[_Entry]:
-    """Each stored tensor once (first owner wins), so tied weights are not double counted."""
+    """Each parameter once (first owner wins), so tied weights are not double counted: an entry whose
+    identifying tensors were all seen is a tie; the stored tensors of a parametrization, once seen, are not
+    counted again on their own (pre-order: a parametrized layer comes before its ``original``)."""
     seen: set[int] = set()
     alive: list[tuple[torch.Tensor, ...]] = []  # ids stay unique only while their tensors live (unpacked int8)
-    for module in model.modules():  # pre-order: a parametrized layer comes before its ``original``
+    for module in model.modules():
         for entry in _own_entries(module):
-            if any(id(t) in seen for t in entry.stored):
+            ident = entry.identity or entry.stored
+            if all(id(t) in seen for t in ident) or (not entry.identity and any(id(t) in seen for t in ident)):
                 continue
-            seen.update(id(t) for t in entry.stored)
-            alive.append(entry.stored)
+            seen.update(id(t) for t in (*ident, *entry.stored))
+            alive.append((*ident, *entry.stored))
             yield entry
 
 

@@ -41,9 +41,23 @@ def _sdpa_cpu_flop(query_shape: Any, key_shape: Any, value_shape: Any, *args: An
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
+def _trilinear_flop(i1_shape: Any, w_shape: Any, i2_shape: Any, expand1: Any, expand2: Any, expand3: Any,
+                    *args: Any, **kwargs: Any) -> int:
+    """``aten._trilinear`` (``nn.Bilinear``): one multiply-add per element of the broadcast product of the three
+    operands (each with its size-1 dims inserted at ``expand*``), e.g. batch x out x in1 x in2."""
+    def full(shape: Any, expand: Any) -> list[int]:
+        dims = list(shape)
+        for d in sorted(expand):
+            dims.insert(d, 1)
+        return dims
+
+    shapes = [full(i1_shape, expand1), full(w_shape, expand2), full(i2_shape, expand3)]
+    return 2 * math.prod(max(s[d] for s in shapes) for d in range(len(shapes[0])))
+
+
 #: kernels torch's FlopCounterMode does not know: CPU flash attention (SDPA, BERT's attention) and fused LSTM
 _EXTRA_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flop,
-                   torch.ops.aten.mkldnn_rnn_layer: _rnn_layer_flop}
+                   torch.ops.aten.mkldnn_rnn_layer: _rnn_layer_flop, torch.ops.aten._trilinear: _trilinear_flop}
 
 
 def _run_counted(model: Callable[..., Any], example_inputs: Any) -> tuple[FlopCounterMode, dict[str, int]]:

@@ -72,6 +72,8 @@ def measure_latency(
     ``threads`` sets torch's thread count for the run only; it is restored afterwards.
     ``example_inputs`` is a tensor, a tuple of args or a dict of kwargs.
     """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ConfigError(f"repeats must be an integer >= 1, got {repeats!r}")
     return compare_latency(
         {"model": fn_or_model}, example_inputs, rounds=repeats, warmup=warmup, threads=threads
     )["model"]

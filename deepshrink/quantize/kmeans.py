@@ -90,7 +90,7 @@ def share_weights(module: nn.Module, bits: int, *, name: str = "weight", init: I
         raise ConfigError(f"{name} of {type(module).__name__} already has a parametrization; "
                           "make masks permanent before sharing weights")
     weight = getattr(module, name).detach()
-    flat = weight.flatten().cpu().numpy().astype(np.float64)
+    flat = weight.flatten().cpu().double().numpy()
     nz = np.flatnonzero(flat)
     centroids, assign_nz = kmeans_1d(flat[nz], 2**bits, init=init, iters=iters)
     k = max(1, centroids.size)

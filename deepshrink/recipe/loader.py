@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,34 @@ from deepshrink.core.errors import ConfigError
 from deepshrink.recipe.schema import STAGE_KINDS, Recipe
 
 MAX_RECIPE_BYTES = 1 << 20
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, stricter where YAML 1.1 surprises: a key given twice in one mapping is an error
+    (not the last one silently winning), and ``1e-3`` / ``5E-4`` are numbers, as in YAML 1.2 and JSON."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (first on line {first})",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+# a copy of the resolver table (add_implicit_resolver would append to the lists SafeLoader shares)
+_RecipeLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                                    list("-+0123456789"))
 
 
 class RecipeError(ConfigError):
@@ -95,8 +124,8 @@ def _error_line(err: dict[str, Any], data: Any, lines: LineMap, source: str) -> 
 def parse_recipe(text: str, source: str = "<recipe>") -> tuple[Recipe, LineMap]:
     """Validate recipe YAML text; returns the recipe and the line of every key (for runtime errors)."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=_RecipeLoader)
+        data = yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None

@@ -60,7 +60,8 @@ def model_factory(spec: str, args: dict[str, Any] | None = None) -> Callable[[],
         if not isinstance(model, nn.Module):
             raise ModelError(f"model {spec!r}: the factory returned {type(model).__name__}, not an nn.Module")
         if getattr(model, ARCH_ATTR, None) is None:
-            setattr(model, ARCH_ATTR, {"zoo": f"{IMPORT_PREFIX}{spec}", "kwargs": {}})
+            # the factory's arguments are recorded (data, never code): `deepshrink export --model` rebuilds with them
+            setattr(model, ARCH_ATTR, {"zoo": f"{IMPORT_PREFIX}{spec}", "kwargs": dict(args)})
         return model
 
     return build

@@ -28,15 +28,18 @@ from torch import nn
 from torch.utils.data import Subset
 
 from deepshrink.artifact import StoragePolicy
+from deepshrink.artifact.model_io import round_small_tensors
 from deepshrink.core.errors import ConfigError, DeepShrinkError, ModelError
 from deepshrink.core.fileio import atomic_write_text, ensure_dir
+from deepshrink.measure._runtime import eval_mode
 from deepshrink.quantize.modules import input_quantizers
 from deepshrink.recipe import schema as S
 from deepshrink.recipe import stages as ops
 from deepshrink.recipe.loader import LineMap, recipe_to_dict
 from deepshrink.recipe.models import check_runs, has_quantizers, load_model, load_weights, model_factory, save_model
 from deepshrink.recipe.text_stages import EmbeddingScorer, calibration_needed
-from deepshrink.train import seed_everything
+from deepshrink.train import distributed, seed_everything
+from deepshrink.train.trainer import default_device
 
 STATE_FILE = "state.json"
 STATE_VERSION = 1
@@ -89,6 +92,27 @@ def _fingerprint(recipe: S.Recipe, model: str, data: str, weights: str | None, q
     wsum = hashlib.sha256(Path(weights).read_bytes()).hexdigest() if weights else None
     blob = json.dumps([recipe_to_dict(recipe), model, data, wsum, quick], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _tensors_digest(tensors: Any) -> str:
+    """A digest of tensors' dtypes, shapes and values (what identifies a given model's weights or data)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        if isinstance(t, torch.Tensor):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update((t.float() if t.dtype == torch.bfloat16 else t).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _data_digest(splits: Any) -> str:
+    """A digest of in-memory splits: their tensors when they are TensorDatasets, else their size and repr."""
+    parts = []
+    for split in (getattr(splits, "train", None), getattr(splits, "test", None)):
+        tensors = getattr(split, "tensors", None)
+        parts.append(_tensors_digest(tensors) if tensors is not None else f"{type(split).__name__}:{len(split)}"
+                     if hasattr(split, "__len__") else repr(split))
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def _where(index: int, stage: Any, lines: LineMap | None, source: str | None) -> str:
@@ -162,9 +186,11 @@ def _restorable(names: list[str], done: dict[str, Any]) -> dict[str, Any] | None
 
 
 class _Run:
-    def __init__(self, recipe: S.Recipe, out: Path | None, fingerprint: str, on_event: Event | None) -> None:
+    def __init__(self, recipe: S.Recipe, out: Path | None, fingerprint: str, on_event: Event | None,
+                 writes: bool = True) -> None:
         self.recipe = recipe
         self.out = out
+        self.writes = writes  # False on the other ranks of a torchrun job: they read rank 0's state only
         self.fingerprint = fingerprint
         self.on_event = on_event or (lambda e: None)
         self.state: dict[str, Any] = {"version": STATE_VERSION, "fingerprint": fingerprint, "complete": False,
@@ -188,7 +214,7 @@ class _Run:
         self.state = state
 
     def save_state(self) -> None:
-        if self.out is not None:
+        if self.out is not None and self.writes:
             atomic_write_text(self.out / STATE_FILE, json.dumps(self.state, indent=2, sort_keys=True))
 
     def emit(self, **event: Any) -> None:
@@ -251,44 +277,84 @@ def run_recipe(recipe: S.Recipe, *, model: nn.Module | str | None = None, model_
         example = text.example()
     else:
         example = splits.test.tensors[0][:1]
-    fingerprint = _fingerprint(recipe, spec_name + (json.dumps(model_args, sort_keys=True, default=str) if model_args and not
-                                                    isinstance(model, nn.Module) else ""), splits.name, os.fspath(weights) if weights else None, quick)
+    model_key = spec_name + (json.dumps(model_args, sort_keys=True, default=str) if model_args and not
+                             isinstance(model, nn.Module) else "")
+    if isinstance(model, nn.Module):  # another module of the same class is another run
+        model_key += ":" + _tensors_digest(template.state_dict().values())
+    data_key = splits.name
+    if isinstance(data, (DataSplits, TextSplits)):  # data given in memory: its contents, not only its name
+        data_key += ":" + _data_digest(splits)
+    fingerprint = _fingerprint(recipe, model_key, data_key, os.fspath(weights) if weights else None, quick)
     names = S.stage_names(recipe)
     _preflight(recipe, net, lines, source, text)
     if text is None:
         check_runs(net, spec_name, splits.name, example)
 
-    created = out is not None and not Path(out).exists()
-    tmp = None
+    # under torchrun every rank runs the stages (training is distributed) but only rank 0 writes the run folder;
+    # the others write their copies of the artifacts to a scratch folder and read rank 0's state to resume alike
+    ctx = distributed.setup(distributed.local_device(default_device())) if distributed.requested_world_size() > 1 \
+        or distributed.is_initialized() else None
+    main = ctx is None or ctx.is_main
+    created = out is not None and not Path(out).exists() and main
+    tmp = scratch = None
     if out is None:
         tmp = tempfile.TemporaryDirectory(prefix="deepshrink-run-")
         folder = Path(tmp.name)
     else:
-        folder = ensure_dir(out)
-    run = _Run(recipe, None if tmp else folder, fingerprint, on_event)
+        folder = ensure_dir(out) if main else Path(out)
+        if not main:
+            scratch = tempfile.TemporaryDirectory(prefix=f"deepshrink-rank{ctx.rank}-")
+    written = Path(scratch.name) if scratch is not None else folder
+    run = _Run(recipe, None if tmp else folder, fingerprint, on_event, writes=main)
     try:
+        previous_exports = _previous_exports(folder) if restart and tmp is None else []
+        if ctx is not None and out is not None:
+            distributed.barrier(ctx)  # rank 0 has made the folder; nobody has written yet
         run.load_state(restart)
-        if restart:  # nothing of the previous run may look like this run's result
-            stale = [*(folder / "checkpoints").glob("*.pt"), *(folder / "plots").glob("*.png"),
+        distributed.barrier(ctx)  # every rank has read the same state before rank 0 changes anything
+        if restart and main:  # nothing of the previous run may look like this run's result
+            stale = [*previous_exports, *(folder / "checkpoints").glob("*.pt"), *(folder / "plots").glob("*.png"),
                      *(folder / n for n in ("report.json", "report.md", "report.html", "baseline.dsk")),
                      *(p for p in folder.glob("*.dsk") if re.fullmatch(r"\d\d-.+\.dsk", p.name))]
             for path in stale:
                 path.unlink(missing_ok=True)
         run.save_state()  # claims the folder for this run: checkpoints of another recipe are never resumed
+        if main:
+            ensure_dir(folder / "checkpoints")
+        distributed.barrier(ctx)
         state = ops.RunState(net, train, None if text is not None else splits.train, example, seed=recipe.seed,
-                             progress=progress, checkpoint_dir=ensure_dir(folder / "checkpoints"), factory=factory,
-                             text=text)
+                             progress=progress if main else False, checkpoint_dir=folder / "checkpoints",
+                             factory=factory, text=text)
         result = _execute(run, state, folder, names, splits, eval_fn, pretrained,
-                          recipe.latency if latency is None else latency, lines, source, spec_name)
+                          recipe.latency if latency is None else latency, lines, source, spec_name, written)
     except BaseException as exc:
         if created and not run.state["stages"] and run.state["baseline"] is None \
                 and not isinstance(exc, KeyboardInterrupt):
             shutil.rmtree(folder, ignore_errors=True)  # nothing worth resuming: leave no half-made folder
         raise
     finally:
-        if tmp is not None:
-            tmp.cleanup()
+        for folder_left in (tmp, scratch):
+            if folder_left is not None:
+                folder_left.cleanup()
     return result
+
+
+def _previous_exports(folder: Path) -> list[Path]:
+    """The files the export stages of the run recorded in ``folder`` wrote (inside the folder only)."""
+    try:
+        state = json.loads((folder / STATE_FILE).read_text())
+        entries = list(state.get("stages", {}).values())
+    except (OSError, ValueError, AttributeError):
+        return []
+    out = []
+    for entry in entries:
+        record = entry.get("record") if isinstance(entry, dict) else None
+        artifact = record.get("artifact") if isinstance(record, dict) and entry.get("kind") == "export" else None
+        if isinstance(artifact, str):
+            path = Path(artifact)
+            if path.resolve().is_relative_to(folder.resolve()):
+                out.append(path)
+    return out
 
 
 def _text_only(stage: Any) -> bool:
@@ -375,8 +441,13 @@ def _preflight(recipe: S.Recipe, model: nn.Module, lines: LineMap | None, source
 
 def _execute(run: _Run, state: ops.RunState, folder: Path, names: list[str], splits: Any,
              eval_fn: Callable[[nn.Module], float] | None, pretrained: bool, latency: bool,
-             lines: LineMap | None, source: str | None, spec_name: str) -> RunResult:
+             lines: LineMap | None, source: str | None, spec_name: str, written: Path | None = None) -> RunResult:
+    """The stages in order, resuming after those done. ``folder`` holds the run (state, artifacts to resume
+    from); ``written`` is where this process writes its artifacts (``folder``, or a scratch folder on the
+    ranks of a torchrun job other than rank 0)."""
     from deepshrink.report.run import record_stage
+
+    written = written or folder
 
     recipe = run.recipe
     scorer = None
@@ -388,8 +459,9 @@ def _execute(run: _Run, state: ops.RunState, folder: Path, names: list[str], spl
     def measure(name: str, kind: str, path: Path | None, seconds: float | None) -> dict[str, Any]:
         rec = record_stage(name, kind, state.model, example_inputs=state.example, eval_data=eval_data,
                            artifact_path=path, seconds=seconds, latency=latency)
-        if eval_fn is not None:
-            rec["accuracy"] = float(eval_fn(state.model))
+        if eval_fn is not None:  # as the built-in path: eval mode (batch norm, dropout), no gradients
+            with eval_mode(state.model), torch.no_grad():
+                rec["accuracy"] = float(eval_fn(state.model))
         elif scorer is not None:
             rec.update(scorer.set_reference(state.model) if name == "baseline" else scorer(state.model))
         if eval_data is not None and path is not None and input_quantizers(state.model):
@@ -428,7 +500,7 @@ def _execute(run: _Run, state: ops.RunState, folder: Path, names: list[str], spl
             continue
         if i == n_base and run.state["baseline"] is None:
             seed_everything(recipe.seed)
-            path = folder / "baseline.dsk"
+            path = written / "baseline.dsk"
             trained = sum(done[n].get("seconds", 0.0) for n in names[:n_base] if n in done)
             save_model(state.model, path, StoragePolicy(sparse=False, coding="packed"), info={"stage": "baseline"})
             run.state["baseline"] = measure("baseline", "baseline", path, trained)
@@ -448,7 +520,7 @@ def _execute(run: _Run, state: ops.RunState, folder: Path, names: list[str], spl
         try:
             export_path = None
             if isinstance(stage, S.ExportStage):
-                export_path = ops.export(stage, state, name, folder)
+                export_path = ops.export(stage, state, name, written)
             else:
                 getattr(ops, stage.kind)(stage, state, name)
         except DeepShrinkError as exc:
@@ -458,7 +530,9 @@ def _execute(run: _Run, state: ops.RunState, folder: Path, names: list[str], spl
             resume = last["resume_artifact"] if last else run.state.get("baseline_resume", "baseline.dsk")
             path = export_path
         else:
-            path = folder / f"{i:02d}-{name}.dsk"
+            path = written / f"{i:02d}-{name}.dsk"
+            if state.policy.small_dtype == "float16":  # a stage after encode may have trained: round again
+                round_small_tensors(state.model)
             save_model(state.model, path, state.policy, info={"stage": name, "recipe": recipe.name})
             resume = path.name
         record = measure(name, stage.kind, path, seconds) if i >= n_base else None
@@ -476,12 +550,12 @@ def _execute(run: _Run, state: ops.RunState, folder: Path, names: list[str], spl
         run.emit(event="done", index=i, total=total, name=name, kind=stage.kind, record=record or {},
                  seconds=seconds)
     if run.state["baseline"] is None:  # a recipe of finetune stages only: the trained model is the baseline
-        path = folder / "baseline.dsk"
+        path = written / "baseline.dsk"
         save_model(state.model, path, StoragePolicy(sparse=False, coding="packed"), info={"stage": "baseline"})
         run.state["baseline"] = measure("baseline", "baseline", path, None)
     report = _report(run, records, spec_name, splits.name, state)
     run.state["complete"] = True
-    if run.out is not None:
+    if run.out is not None and run.writes:
         from deepshrink.report.run import write_run_report
 
         write_run_report(report, folder)

@@ -33,6 +33,10 @@ TRANSFORMER_PRUNING = ("heads", "ffn")
 STAGE_KINDS = ("prune", "quantize", "cluster", "factorize", "distill", "finetune", "encode", "export")
 Unit = Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
 Bits = Annotated[int, Field(ge=1, le=8)]
+#: a random seed (torch takes 0..2^32-1 from the CLI; larger values overflow its generator)
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+#: a stage name: part of file names (``NN-<name>.dsk``, ``checkpoints/<name>.pt``), so no path separators
+StageName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$", max_length=80)]
 IndexBits = Annotated[int, Field(ge=1, le=16)]
 
 
@@ -100,11 +104,11 @@ class TrainSpec(_Frozen):
     warmup_epochs: Annotated[int, Field(ge=0)] = 0
     label_smoothing: Unit = 0.0
     grad_clip: Annotated[float, Field(gt=0.0)] | None = None
-    seed: int | None = None
+    seed: Seed | None = None
 
 
 class StageBase(Selection):
-    name: str | None = None
+    name: StageName | None = None
 
 
 class PruneStage(StageBase):
@@ -223,7 +227,7 @@ class QuantizeStage(StageBase):
             raise ValueError("scheme: none quantizes only the embedding table; set embedding: int8 or codebook")
         if _changed(self, "embedding_bits") and self.embedding != "codebook":
             raise ValueError("embedding_bits: only embedding: codebook takes it")
-        if self.scheme in ("qat", "static", "pow2", "fixed_point") and self.bits < 2:
+        if self.scheme in ("qat", "static", "pow2", "fixed_point", "int") and self.bits < 2:
             raise ValueError(f"bits: scheme {self.scheme} needs at least 2 bits, got {self.bits}")
         if self.scheme in ("int8_static", "int8_dynamic") and self.bits != 8:
             raise ValueError(f"bits: scheme {self.scheme} is 8-bit; use scheme int or static for {self.bits}")
@@ -296,7 +300,7 @@ class FinetuneStage(TrainSpec):
     """Plain training with cross-entropy (masks and shared weights stay in effect). Finetune stages at the
     start of a recipe train the baseline; they are skipped when trained weights are given."""
 
-    name: str | None = None
+    name: StageName | None = None
     kind: Literal["finetune"] = "finetune"
 
 
@@ -334,7 +338,7 @@ class Recipe(_Frozen):
     model: str | None = None
     model_args: dict[str, Any] = Field(default_factory=dict)
     dataset: str | None = None
-    seed: int = 0
+    seed: Seed = 0
     latency: bool = False
     stages: list[Stage] = Field(min_length=1)
 

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from deepshrink.artifact import StoragePolicy
+from deepshrink.artifact.model_io import round_small_tensors
 from deepshrink.core.errors import ConfigError
+from deepshrink.core.fileio import ensure_dir
 from deepshrink.recipe import schema as S
 from deepshrink.train import TrainConfig, Trainer
 
@@ -268,18 +269,6 @@ def distill(stage: S.DistillStage, state: RunState, name: str) -> None:
     state.model = student
 
 
-def round_small_tensors(model: nn.Module) -> None:
-    """Round 1-D float parameters (biases, codebooks) and batch-norm running statistics to float16 values, as
-    the artifact stores them, so the model in memory (the one the report measures) is the one that reloads."""
-    with torch.no_grad():
-        small = [p for p in model.parameters() if p.dim() <= 1 and p.is_floating_point()]
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._NormBase):
-                small += [b for b in (m.running_mean, m.running_var) if b is not None and b.is_floating_point()]
-        for t in small:
-            t.copy_(t.half().float())
-
-
 def encode(stage: S.EncodeStage, state: RunState, name: str) -> None:
     """Set how this and later artifacts store tensors."""
     index_bits: dict[str, int] = {}
@@ -299,6 +288,7 @@ def export(stage: S.ExportStage, state: RunState, name: str, out_dir: Path) -> P
     path = out_dir / (stage.file or f"model{suffix[stage.format]}")
     if path.parent != out_dir and not path.resolve().is_relative_to(out_dir.resolve()):
         raise ConfigError(f"file: {stage.file!r} must stay inside the output folder")
+    ensure_dir(path.parent)  # a sub-folder of the output folder named by file:
     axes = None
     if stage.format == "onnx" and isinstance(state.example, tuple) and len(state.example) == 2:
         from deepshrink.export.onnx import default_dynamic_axes  # a sentence encoder: any batch and length

@@ -165,6 +165,30 @@ def check_run(run: Mapping[str, Any]) -> None:
         for key in STAGE_KEYS:
             if key not in stage:
                 raise ConfigError(f"run report: {where} ({stage.get('name', '?')}) lacks key {key!r}")
+        for key in STAGE_KEYS[2:]:  # the measures: numbers, or null when not measured
+            value = stage[key]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or value != value or value < 0):
+                raise ConfigError(f"run report: {where} ({stage.get('name', '?')}) has {key} = {value!r}, "
+                                  "not a non-negative number or null")
+        hists = stage.get("histograms")  # optional, per layer: what the histogram plots read
+        if hists is not None and not isinstance(hists, Mapping):
+            raise ConfigError(f"run report: {where} histograms must be a dict of layer -> histogram")
+        for layer, hist in (hists or {}).items():
+            _check_hist(hist, f"{where} histogram of {layer}")
+
+
+def _check_hist(hist: Any, where: str) -> None:
+    """ConfigError unless ``hist`` is a histogram record the plots can draw (``weight_histogram``'s form)."""
+    if hist is None:
+        return
+    need = {"spikes": ("values", "counts", "nonzeros"), "bins": ("edges", "counts", "nonzeros")}
+    kind = hist.get("kind") if isinstance(hist, Mapping) else None
+    if kind in (None, "empty") and isinstance(hist, Mapping):
+        return
+    missing = [k for k in need.get(kind, ()) if k not in hist] if kind in need else ["kind"]
+    if missing:
+        raise ConfigError(f"run report: {where} lacks {', '.join(missing)}")
 
 
 def _ratio(base: float | None, value: float | None) -> float | None:
@@ -248,7 +272,7 @@ def summary_line(run: Mapping[str, Any]) -> str:
     stored = [r for r in rows[1:] if r["kind"] != "export"]  # an export row measures another file format
     first, last = rows[0], (stored[-1] if stored else rows[0])
     parts = [f"{run['model']} on {run['dataset']}, recipe {run['recipe']}: {len(rows) - 1} stage(s)."]
-    if last["artifact_bytes"] is not None and first["artifact_bytes"] is not None:
+    if last["artifact_bytes"] and first["artifact_bytes"] and last["size_x"] is not None:
         ratio = run.get("compression_ratio")
         also = f"; compression ratio {ratio:.1f}x = fp32 parameter bytes / file" if ratio else ""
         parts.append(f"Artifact {format_bytes(first['artifact_bytes'])} -> {format_bytes(last['artifact_bytes'])}"

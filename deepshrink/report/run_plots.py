@@ -60,7 +60,7 @@ def _stages(run: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 def plot_tradeoff(stages: Sequence[Mapping[str, Any]], x_key: str, x_label: str, title: str,
                   *, log_x: bool) -> bytes:
     """Accuracy (%) against ``x_key`` for each stage with both measured, joined in stage order."""
-    pts = [(s["name"], s[x_key], 100.0 * s["accuracy"]) for s in stages
+    pts = [(s["name"], s[x_key], 100.0 * s["accuracy"], i == 0) for i, s in enumerate(stages)
            if s.get(x_key) is not None and s.get("accuracy") is not None and s[x_key] > 0]
     with _figure(figsize=(6.0, 4.0)) as (fig, axes):
         ax = axes[0, 0]
@@ -69,9 +69,11 @@ def plot_tradeoff(stages: Sequence[Mapping[str, Any]], x_key: str, x_label: str,
         else:
             xs, ys = [p[1] for p in pts], [p[2] for p in pts]
             ax.plot(xs, ys, "-", color="tab:gray", alpha=0.5)
-            ax.scatter(xs[:1], ys[:1], color="tab:blue", zorder=3, label="baseline")
-            ax.scatter(xs[1:], ys[1:], color="tab:red", zorder=3, label="stages")
-            for name, x, y in pts:
+            for is_base, color, label in ((True, "tab:blue", "baseline"), (False, "tab:red", "stages")):
+                chosen = [p for p in pts if p[3] == is_base]  # the baseline only when it has both measures
+                if chosen:
+                    ax.scatter([p[1] for p in chosen], [p[2] for p in chosen], color=color, zorder=3, label=label)
+            for name, x, y, _ in pts:
                 ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
             if log_x:
                 ax.set_xscale("log")

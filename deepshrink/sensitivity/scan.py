@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import numbers
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -104,10 +105,42 @@ def weight_layers(model: nn.Module, layers: Sequence[str] | None = None) -> dict
     return {n: found[n] for n in layers}
 
 
-def _check_grid(name: str, values: Sequence[float], lo: float, hi: float) -> None:
+def _check_grid(name: str, values: Sequence[float], lo: float, hi: float, *, integer: bool = False) -> None:
+    """ConfigError unless ``values`` is a list of numbers in [lo, hi] (integers when ``integer``)."""
+    if isinstance(values, (str, bytes)):
+        raise ConfigError(f"sensitivity: the {name}s must be a list of numbers, got {values!r}")
+    try:
+        values = list(values)  # lists, tuples, numpy arrays
+    except TypeError:
+        raise ConfigError(f"sensitivity: the {name}s must be a list of numbers, got {values!r}") from None
+    kind = numbers.Integral if integer else numbers.Real
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi or math.isnan(v):
-            raise ConfigError(f"sensitivity: every {name} must be in [{lo}, {hi}], got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, kind) or math.isnan(float(v)) or not lo <= v <= hi:
+            raise ConfigError(f"sensitivity: every {name} must be {'an integer ' if integer else ''}in "
+                              f"[{lo}, {hi}], got {v!r}")
+
+
+def check_settings(model: nn.Module, *, layers: Sequence[str] | None = None,
+                   keeps: Sequence[float] = DEFAULT_KEEPS, bits: Sequence[int] = DEFAULT_BITS,
+                   ranks: Sequence[int] = ()) -> dict[str, nn.Module]:
+    """Check a scan's settings against ``model`` (trained or not: only names and shapes matter) and return the
+    layers it scans; ConfigError naming the bad value. ``scan`` calls it; the CLI calls it before training."""
+    _check_grid("kept fraction", keeps, 1e-6, 1.0)
+    _check_grid("bit width", bits, 1, 16, integer=True)
+    if any(isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < 1 for r in ranks):
+        raise ConfigError(f"sensitivity: ranks must be positive integers, got {list(ranks)}")
+    if not (len(keeps) or len(bits) or len(ranks)):
+        raise ConfigError("sensitivity: nothing to scan: give kept fractions, bit widths or ranks")
+    chosen = weight_layers(model, layers)
+    if ranks:
+        linears = {n: min(m.weight.shape) for n, m in chosen.items() if isinstance(m, nn.Linear)}
+        if not linears:
+            raise ConfigError("sensitivity: ranks apply to Linear layers and none is scanned")
+        useless = [r for r in ranks if all(r >= k for k in linears.values())]
+        if useless:
+            raise ConfigError(f"sensitivity: ranks {useless} are not below the smaller side of any scanned Linear "
+                              f"layer ({', '.join(f'{n}: {k}' for n, k in linears.items())}): nothing to factorize")
+    return chosen
 
 
 def _shared(weight: torch.Tensor, bits: int) -> torch.Tensor:
@@ -131,13 +164,9 @@ def scan(model: nn.Module, score: Score, *, layers: Sequence[str] | None = None,
     """
     if not isinstance(model, nn.Module):
         raise ModelError(f"sensitivity: expected a torch.nn.Module, got {type(model).__name__}")
-    _check_grid("kept fraction", keeps, 1e-6, 1.0)
-    _check_grid("bit width", bits, 1, 16)
-    if any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in ranks):
-        raise ConfigError(f"sensitivity: ranks must be positive integers, got {list(ranks)}")
     work = copy.deepcopy(model)
     remove_masks(work)
-    chosen = weight_layers(work, layers)
+    chosen = check_settings(work, layers=layers, keeps=keeps, bits=bits, ranks=ranks)
     busy = [n for n, m in chosen.items() if parametrize.is_parametrized(m, "weight")]
     if busy:
         raise ConfigError(f"sensitivity: layers {busy} are shared or quantized already; scan the float model")

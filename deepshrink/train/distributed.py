@@ -106,6 +106,11 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
+def is_initialized() -> bool:
+    """Whether this process has joined a process group (torchrun, after ``setup``)."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def is_main_process() -> bool:
     """True outside a distributed job and on rank 0 inside one: the process that writes files."""
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
@@ -134,3 +139,15 @@ def gather_rng_states(state: torch.Tensor, ctx: DistContext | None) -> torch.Ten
     parts = [torch.empty_like(state) for _ in range(ctx.world_size)]
     dist.all_gather(parts, state)
     return torch.stack([p.cpu() for p in parts])
+
+
+def same_on_every_rank(values: list[int], ctx: DistContext | None) -> bool:
+    """Whether every rank passed the same integers (one all-reduce of them and of their negatives: max == min)."""
+    if ctx is None:
+        return True
+    t = torch.tensor(values + [-v for v in values], dtype=torch.int64)
+    if ctx.backend == "nccl":
+        t = t.to(torch.device("cuda", torch.cuda.current_device()))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    n = len(values)
+    return bool((t[:n] == -t[n:]).all())

@@ -10,6 +10,8 @@ Under ``torchrun --nproc_per_node=N`` the same ``fit`` trains with DistributedDa
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import random
@@ -21,11 +23,11 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from deepshrink.core.devices import handed_back
-from deepshrink.core.errors import ConfigError, DataError, DeepShrinkError
+from deepshrink.core.errors import ArtifactError, ConfigError, DataError, DeepShrinkError
 from deepshrink.core.fileio import atomic_writer
 from deepshrink.core.guards import check_gradients, check_weights
 from deepshrink.core.progress import track
@@ -178,13 +180,21 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ConfigError("train: the model has no trainable parameters")
+        if self.checkpoint is not None:  # before an epoch of work is spent, not at the first save
+            folder = self.checkpoint.parent
+            if not folder.is_dir() or not os.access(folder, os.W_OK):
+                raise ArtifactError(f"cannot write checkpoint {self.checkpoint}: folder {folder} "
+                                    f"{'is not writable' if folder.is_dir() else 'does not exist'}")
+        settings = self._checkpoint_settings = self._settings(data, loader, params, ctx)
+        if not distributed.same_on_every_rank(list(settings.values()), ctx):
+            raise ConfigError(f"{self.description}: the processes of this torchrun job train with different "
+                              "settings, data or models (every rank must run the same command and data)")
         opt = make_optimizer(params, cfg)
         sched = make_schedule(opt, cfg, len(loader))
         distributed.barrier(ctx)  # no rank reads a checkpoint that rank 0 may still be writing
-        start_epoch, history = self._resume(opt, sched, ctx)
+        start_epoch, history, steps = self._resume(opt, sched, ctx, settings)
         self.model.train()
         net = self._wrap(ctx)
-        steps = start_epoch * len(loader)
         epoch_loss = history[-1] if history else float("nan")
         show = self.progress if ctx is None or ctx.is_main else False
         param_dtype = next((p.dtype for p in params if p.is_floating_point()), None)
@@ -261,18 +271,41 @@ class Trainer:
                 data, batch_size=self.cfg.batch_size, shuffle=True, generator=shuffle_gen, drop_last=False,
             )
             return loader, None
+        shuffle, drop_last = True, False
         if isinstance(data, DataLoader):
             if data.batch_size is None:
                 raise ConfigError("train: under torchrun pass a Dataset, or a DataLoader with a batch_size "
                                   "(custom batch samplers cannot be sharded over ranks)")
             dataset, global_batch = data.dataset, data.batch_size
             extra = {"num_workers": data.num_workers, "collate_fn": data.collate_fn, "pin_memory": data.pin_memory}
+            shuffle = not isinstance(data.sampler, SequentialSampler)  # the loader's own choices carry over
+            drop_last = data.drop_last
         else:
             dataset, global_batch, extra = data, self.cfg.batch_size, {}
-        sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                     seed=self.cfg.seed, drop_last=False)
-        per_rank = max(1, math.ceil(global_batch / ctx.world_size))
-        return DataLoader(dataset, batch_size=per_rank, sampler=sampler, drop_last=False, **extra), sampler
+        if global_batch % ctx.world_size:
+            raise ConfigError(f"train: the global batch of {global_batch} does not divide over {ctx.world_size} "
+                              f"processes (each would take {math.ceil(global_batch / ctx.world_size)}, another "
+                              "batch and step count than one process): choose a multiple of the process count")
+        if len(dataset) < ctx.world_size:
+            raise DataError(f"train: {len(dataset)} training samples for {ctx.world_size} processes: every "
+                            "process needs at least one")
+        sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=shuffle,
+                                     seed=self.cfg.seed, drop_last=drop_last)
+        per_rank = global_batch // ctx.world_size
+        return DataLoader(dataset, batch_size=per_rank, sampler=sampler, drop_last=drop_last, **extra), sampler
+
+    def _settings(self, data: Dataset | DataLoader, loader: DataLoader, params: list[nn.Parameter],
+                  ctx: DistContext | None) -> dict[str, int]:
+        """What a checkpoint must match to be resumed, and every rank must share: the training settings, the
+        data size, the batches per epoch, the process count and the model's parameter count (as integers)."""
+        plain = (int, float, str, bool, type(None))
+        fields = {k: v for k, v in asdict(self.cfg).items()  # more epochs may extend a run; callables vary by process
+                  if k != "epochs" and (isinstance(v, plain) or isinstance(v, tuple) and all(
+                      isinstance(x, plain) for x in v))}
+        digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).digest()
+        return {"settings": int.from_bytes(digest[:7], "little"), "samples": len(data if not isinstance(
+            data, DataLoader) else data.dataset), "parameters": sum(p.numel() for p in params),
+            "batches": len(loader), "epochs": self.cfg.epochs}
 
     def _wrap(self, ctx: DistContext | None) -> nn.Module:
         """DistributedDataParallel around the model under torchrun (it broadcasts rank 0's weights)."""
@@ -303,6 +336,7 @@ class Trainer:
         state = {
             "epoch": epoch,
             "steps": steps,
+            "settings": self._checkpoint_settings,
             "model": self.model.state_dict(),
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
@@ -319,18 +353,41 @@ class Trainer:
         with atomic_writer(self.checkpoint) as fh:
             torch.save(state, fh)
 
-    def _resume(self, opt, sched, ctx: DistContext | None = None) -> tuple[int, list[float]]:
+    def _resume(self, opt, sched, ctx: DistContext | None = None,
+                settings: dict[str, int] | None = None) -> tuple[int, list[float], int]:
+        """(epochs done, loss history, steps done) from the checkpoint, or a fresh start without one."""
         if self.checkpoint is None or not self.checkpoint.exists():
-            return 0, []
+            return 0, [], 0
+        where = f"cannot resume from checkpoint {self.checkpoint}"
+        advice = "delete it to start over, or give another checkpoint path"
         try:
             state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
+        except Exception:  # empty, truncated, another format: never retried without weights_only
+            raise DeepShrinkError(f"{where}: not a readable trainer checkpoint (empty, truncated or another "
+                                  f"kind of file); {advice}") from None
+        if not isinstance(state, dict) or not {"epoch", "model", "optimizer", "scheduler", "history"} <= set(state):
+            raise DeepShrinkError(f"{where}: not a deepshrink trainer checkpoint; {advice}")
+        saved = state.get("settings")
+        if settings is not None and isinstance(saved, dict):
+            # a run may be extended by more epochs (checked below); batches per epoch follow the process count
+            differ = [k for k, v in settings.items() if k in saved and k not in ("batches", "epochs")
+                      and int(saved[k]) != v]
+            if differ:
+                raise DeepShrinkError(f"{where}: it was written with other {', '.join(differ)} (training settings, "
+                                      f"data or model); {advice}")
+        try:
             self.model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             _restore_rng(state, ctx, self.device)
         except Exception as exc:  # any unreadable checkpoint is one clear error
-            raise DeepShrinkError(f"cannot resume from checkpoint {self.checkpoint}: {exc}") from None
-        return int(state["epoch"]), [float(v) for v in state["history"]]
+            raise DeepShrinkError(f"{where}: it does not fit this model and optimizer "
+                                  f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+                                  f"); {advice}") from None
+        epoch = int(state["epoch"])
+        if not 0 <= epoch <= self.cfg.epochs:
+            raise DeepShrinkError(f"{where}: it has {epoch} epochs done of a run of {self.cfg.epochs}; {advice}")
+        return epoch, [float(v) for v in state["history"]], int(state.get("steps", 0))
 
 
 def _check_synced_gradients(params: list[nn.Parameter], loss: torch.Tensor, description: str,

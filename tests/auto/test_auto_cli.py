@@ -48,19 +48,43 @@ def test_auto_cli_end_to_end(weights: str, tmp_path) -> None:
     assert "histograms" not in report["baseline"]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["auto", "--model", "nosuchmodel"], "unknown model"),
-    (["auto", "--model", "lenet300", "--max-drop", "-1"], "0..100"),
-    (["auto", "--model", "lenet300", "--target-bytes", "lots"], "--target-bytes"),
-    (["auto", "--model", "lenet300", "--time-budget", "0"], "time budget"),
-    (["auto", "--model", "lenet300", "--val-fraction", "1.5", "--weights", "{w}"], "validation fraction"),
-    (["auto", "--model", "lenet300", "--weights", "/nonexistent.dsk"], "does not exist"),
-    (["sensitivity", "--model", "lenet300", "--keeps", "a,b", "--weights", "{w}"], "--keeps"),
-    (["sensitivity", "--model", "lenet300", "--bits", "0", "--weights", "{w}"], "bit width"),
-    (["sensitivity", "--model", "lenet300", "--layers", "fc9", "--keeps", "1", "--weights", "{w}"], "'fc9'"),
+@pytest.mark.parametrize("argv, message, code", [
+    (["auto", "--model", "nosuchmodel"], "unknown model", 1),
+    (["auto", "--model", "lenet300", "--max-drop", "-1"], "0..100", 2),  # bad option values: usage errors
+    (["auto", "--model", "lenet300", "--target-bytes", "lots"], "--target-bytes", 2),
+    (["auto", "--model", "lenet300", "--time-budget", "0"], "time budget", 2),
+    (["auto", "--model", "lenet300", "--val-fraction", "1.5", "--weights", "{w}"], "validation fraction", 2),
+    (["auto", "--model", "lenet300", "--weights", "/nonexistent.dsk"], "does not exist", 1),
+    (["sensitivity", "--model", "lenet300", "--keeps", "a,b", "--weights", "{w}"], "--keeps", 2),
+    (["sensitivity", "--model", "lenet300", "--keeps", ",", "--weights", "{w}"], "--keeps gives no value", 2),
+    (["sensitivity", "--model", "lenet300", "--bits", "0", "--weights", "{w}"], "bit width", 2),
+    (["sensitivity", "--model", "lenet300", "--layers", "fc9", "--keeps", "1", "--weights", "{w}"], "'fc9'", 2),
+    (["sensitivity", "--model", "lenet300", "--layers", "fc3", "--ranks", "10,50", "--weights", "{w}"],
+     "not below the smaller side", 2),
 ])
-def test_bad_input_is_one_line_and_nonzero(argv: list[str], message: str, weights: str, tmp_path, capsys) -> None:
+def test_bad_input_is_one_line_and_nonzero(argv: list[str], message: str, code: int, weights: str, tmp_path,
+                                          capsys) -> None:
     argv = [a.replace("{w}", weights) for a in argv] + ["--out", str(tmp_path / "o")]
-    assert main(argv) == 1
+    assert main(argv) == code
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and "\n" not in err
+
+
+def test_sensitivity_refuses_bad_layers_and_ranks_before_training_the_baseline(tmp_path, capsys) -> None:
+    for extra in (["--layers", "nosuch"], ["--ranks", "0"]):
+        out = tmp_path / extra[0].strip("-")
+        assert main(["sensitivity", "--model", "lenet300", *extra, "--out", str(out)]) == 2
+        assert not list(out.glob("baseline*")), "a baseline was trained before the options were checked"
+
+
+def test_sensitivity_scan_takes_numpy_grids() -> None:
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from deepshrink.sensitivity import scan
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    res = scan(m, lambda model: 1.0, keeps=np.array([1.0, 0.5]), bits=np.array([4, 2]))
+    assert res.layers["0"].bits == (4, 2) and res.layers["0"].keeps == (1.0, 0.5)

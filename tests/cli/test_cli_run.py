@@ -176,7 +176,7 @@ def _bad_cases(tmp: Path) -> list[tuple[str, list[str], str, int]]:
         ("sample too large to trace", ["export", str(tmp / "mlp.dsk"), "--format", "onnx", "--input-shape",
                                        "100000,100000"], "values a sample", 1),
         ("sensitivity grid", ["sensitivity", "--model", "mlp", "--data", "digits", "--keeps", "1.0,2.5", "--out",
-                              out], "kept fraction", 1),
+                              out], "kept fraction", 2),
         ("sparsity 1.5", ["run", swap("sparsity: 0.7", "sparsity: 1.5", "s.yaml"), "--out", out], "sparsity", 2),
         ("unknown key", ["run", swap("bits: 4", "bitz: 4", "u.yaml"), "--out", out], "bitz: unknown key", 2),
         ("wrong type", ["run", swap("epochs: 2", "epochs: two", "t.yaml"), "--out", out], "epochs", 2),
@@ -273,3 +273,24 @@ def test_a_reader_that_goes_away_is_no_error(tmp_path: Path) -> None:
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0, err
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_export_rebuilds_a_user_model_with_the_arguments_its_run_recorded(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from deepshrink.recipe.models import model_factory
+
+    (tmp_path / "widenet.py").write_text("from torch import nn\n\ndef build(width=64):\n"
+                                         "    return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(),"
+                                         " nn.Linear(width, 10))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    net = model_factory("widenet:build", {"width": 32})()  # `run --model widenet:build --model-args ...`
+    deepshrink.save(net, tmp_path / "n.dsk")
+    dest = tmp_path / "n.safetensors"
+    assert main(["export", str(tmp_path / "n.dsk"), "--format", "safetensors", "--out", str(dest),
+                 "--model", "widenet:build"]) == 0
+    from safetensors.torch import load_file
+
+    assert torch.equal(load_file(str(dest))["1.weight"], net[1].weight)
+    # explicit arguments win; ones that do not fit the file are one clear error
+    assert main(["export", str(tmp_path / "n.dsk"), "--format", "safetensors", "--out", str(dest),
+                 "--model", "widenet:build", "--model-args", '{"width": 64}']) == 1

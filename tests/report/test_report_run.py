@@ -94,3 +94,21 @@ def test_bad_input_is_one_clear_error(run: dict, tmp_path) -> None:
     with pytest.raises(ConfigError, match="'macs'"):
         write_run_report({**run, "stages": [stage]}, tmp_path / "bad2")
     assert not (tmp_path / "bad").exists()
+
+
+def test_malformed_values_in_a_run_report_are_one_clear_error(run: dict, tmp_path) -> None:
+    import copy
+
+    def changed(edit) -> dict:
+        r = copy.deepcopy(run)
+        edit(r["stages"][0])
+        return r
+
+    for edit, fragment in ((lambda s: s.update(accuracy="0.5"), "accuracy = '0.5'"),
+                           (lambda s: s.update(artifact_bytes=-3), "artifact_bytes = -3"),
+                           (lambda s: next(iter(s["histograms"].values())).pop("counts"), "lacks counts")):
+        with pytest.raises(ConfigError, match=fragment):
+            write_run_report(changed(edit), tmp_path / "bad")
+    empty_file = changed(lambda s: s.update(artifact_bytes=0))  # an empty artifact: a report, no ratio
+    write_run_report(empty_file, tmp_path / "zero")
+    assert (tmp_path / "zero" / "report.md").exists()

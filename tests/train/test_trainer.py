@@ -182,3 +182,32 @@ def test_training_data_mistakes_are_one_data_error() -> None:
     model, x, y = _blob_task(n=97, bn=True)  # 97 = 3 x 32 + 1: the last batch holds one sample
     with pytest.raises(DataError, match="a batch of one sample reached a batch norm"):
         Trainer(model, cfg, progress=False).fit(TensorDataset(x, y))
+
+
+def test_a_checkpoint_of_other_settings_or_no_checkpoint_at_all_is_one_clear_line(tmp_path):
+    ckpt = tmp_path / "c.pt"
+    Trainer(_model(), TrainConfig(epochs=2, lr=0.05, batch_size=32), checkpoint=ckpt).fit(_blobs())
+    for cfg, fragment in ((TrainConfig(epochs=1, lr=0.05, batch_size=32), "2 epochs done of a run of 1"),
+                          (TrainConfig(epochs=3, lr=0.5, batch_size=32), "other settings")):
+        with pytest.raises(DeepShrinkError, match=fragment) as err:
+            Trainer(_model(), cfg, checkpoint=ckpt).fit(_blobs())
+        assert "\n" not in str(err.value)
+    # more epochs extend the run from the checkpoint
+    res = Trainer(_model(), TrainConfig(epochs=3, lr=0.05, batch_size=32), checkpoint=ckpt).fit(_blobs())
+    assert res.epochs_run == 1
+    for content in (b"", b"DSK1 not a checkpoint"):
+        bad = tmp_path / "bad.pt"
+        bad.write_bytes(content)
+        with pytest.raises(DeepShrinkError, match="not a readable trainer checkpoint") as err:
+            Trainer(_model(), TrainConfig(epochs=1), checkpoint=bad).fit(_blobs())
+        assert "weights_only" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_checkpoint_folder_that_does_not_exist_fails_before_training(tmp_path):
+    from deepshrink.core.errors import ArtifactError
+
+    model = _model()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ArtifactError, match="does not exist"):
+        Trainer(model, TrainConfig(epochs=1), checkpoint=tmp_path / "no" / "c.pt").fit(_blobs())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # no epoch was spent
