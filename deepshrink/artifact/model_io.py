@@ -30,7 +30,8 @@ class StoragePolicy:
     """How tensors are written.
 
     coding: ``packed`` (fixed width), ``huffman`` or ``auto`` (smaller of the two, per stream).
-    index_bits: relative-index width for every sparse tensor; None picks the best per tensor;
+    index_bits: relative-index width for every sparse tensor; None picks per tensor the width whose packed
+    index stream is smallest (also when the stream is then Huffman-coded);
     ``layer_index_bits`` overrides it per tensor name. ``sparse`` stores a tensor sparse when
     that is smaller. ``value_dtype`` stores weights that are not shared; ``small_dtype`` stores
     1-D float tensors (biases, norms): float16 halves them but rounds (the Deep Compression

@@ -17,6 +17,7 @@ from torch.utils.data import Subset
 from deepshrink.core.errors import ConfigError
 from deepshrink.data import DataSplits
 from deepshrink.data import load as load_data
+from deepshrink.data.base import data_digest
 from deepshrink.train import TrainConfig, Trainer, seed_everything
 
 
@@ -74,8 +75,8 @@ def prepare(model_spec: str, *, weights: str | None, data: str, out: Path, val_f
     cfg = baseline_config(model_spec, train_epochs, seed)
     # the name fingerprints everything the baseline depends on: another model, dataset or training setting
     # trains (and caches) its own
-    key = json.dumps([model_spec, model_args or {}, data, cfg.__dict__, val_fraction, seed], sort_keys=True,
-                     default=str)
+    key = json.dumps([model_spec, model_args or {}, data, data_digest(splits), cfg.__dict__, val_fraction, seed],
+                     sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     cached = out / f"baseline.trained.{cfg.epochs}e.s{seed}.v{int(round(100 * val_fraction))}.{digest}.dsk"
     if cached.exists():

@@ -18,6 +18,7 @@ from deepshrink.auto.config import AutoConfig
 from deepshrink.auto.search import EPS, FINAL_POLICY, AutoResult, _fingerprint, _Search, final_info, open_state
 from deepshrink.core.errors import ConfigError, DataError, ModelError
 from deepshrink.core.fileio import ensure_dir
+from deepshrink.data.base import dataset_digest
 from deepshrink.measure.latency import measure_latency
 from deepshrink.models.zoo import is_user_model
 
@@ -66,7 +67,8 @@ def auto_compress(model: nn.Module, *, train: Dataset, val: Dataset, test: Datas
     search = _Search(model, config, train, val, out, progress, say)
     if not search.layers:
         raise ModelError("auto: the model has no Linear or Conv layer to compress")
-    fingerprint = _fingerprint(search.baseline, config, [model_name, dataset, len(train), len(val)])
+    fingerprint = _fingerprint(search.baseline, config, [model_name, dataset, dataset_digest(train),
+                                                         dataset_digest(val)])
     search.state = open_state(out, fingerprint, resume)
     final, trial, pruned = search.run()
 

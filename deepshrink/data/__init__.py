@@ -56,6 +56,13 @@ def _looks_like_path(text: str) -> bool:
 
 def load(name_or_path: str | os.PathLike[str]) -> DataSplits:
     """Load a registered dataset by name, or a dataset folder (optional ``idx:`` / ``cifar10:`` prefix)."""
+    try:
+        return _load(name_or_path)
+    except PermissionError as exc:  # a folder (or a parent) without read/search permission
+        raise DataError(f"dataset {name_or_path}: cannot read {exc.filename or 'it'} (permission denied)") from None
+
+
+def _load(name_or_path: str | os.PathLike[str]) -> DataSplits:
     if isinstance(name_or_path, os.PathLike):
         return _load_folder(Path(name_or_path).expanduser())
     if not isinstance(name_or_path, str):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import Subset, TensorDataset
 
 from deepshrink.core.errors import DataError
 
@@ -38,6 +41,10 @@ class DataSplits:
                     f"dataset {self.name!r}: {part} must be float32 inputs and int64 labels, "
                     f"got {x.dtype} and {y.dtype}"
                 )
+            finite = torch.isfinite(x.reshape(len(x), -1)).all(dim=1) if len(x) else torch.ones(0, dtype=torch.bool)
+            if not bool(finite.all()):  # NaN logits argmax to class 0: a silently perfect or useless score
+                first = int((~finite).nonzero()[0, 0])
+                raise DataError(f"dataset {self.name!r}: {part} inputs contain NaN or inf (first in sample {first})")
             if tuple(x.shape[1:]) != tuple(self.input_shape):
                 raise DataError(
                     f"dataset {self.name!r}: {part} samples have shape {tuple(x.shape[1:])}, "
@@ -91,3 +98,33 @@ def make_splits(
         input_shape=tuple(int(d) for d in x_train.shape[1:]),
         description=description,
     )
+
+
+def tensors_digest(tensors: Any) -> str:
+    """A digest of tensors' dtypes, shapes and values (what identifies a model's weights or a dataset)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        if isinstance(t, torch.Tensor):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update((t.float() if t.dtype == torch.bfloat16 else t).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def dataset_digest(ds: Any) -> str:
+    """A digest of a dataset's contents: a TensorDataset's tensors, a Subset's indices into its dataset's
+    contents, a list of sentences; otherwise its type and length (contents unknown)."""
+    if isinstance(ds, TensorDataset):
+        return tensors_digest(ds.tensors)
+    if isinstance(ds, Subset):
+        return hashlib.sha256(f"{dataset_digest(ds.dataset)}{list(ds.indices)}".encode()).hexdigest()[:16]
+    if isinstance(ds, (list, tuple)) and all(isinstance(v, str) for v in ds):
+        return hashlib.sha256("\n".join(ds).encode()).hexdigest()[:16]
+    return f"{type(ds).__name__}:{len(ds) if hasattr(ds, '__len__') else '?'}"
+
+
+def data_digest(splits: Any) -> str:
+    """A digest of a dataset's splits (``train``/``test`` attributes, or the fields of text splits)."""
+    parts = [dataset_digest(getattr(splits, name)) for name in ("train", "test", "calibration", "queries",
+                                                                  "corpus") if hasattr(splits, name)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]

@@ -12,6 +12,7 @@ Pixels are scaled to [0, 1] float32 without mean/std normalisation.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -47,13 +48,23 @@ def _folder(path: PathLike, what: str) -> Path:
     return folder
 
 
-def _read_file(path: Path) -> bytes:
-    """Read a file, transparently gunzipping ``*.gz``; unreadable or corrupt files raise DataError."""
+MAX_FILE_BYTES = 1 << 30  # one dataset file, decompressed (full MNIST: 47 MB; CIFAR-10: 30 MB per batch)
+
+
+def _read_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """Read a file, transparently gunzipping ``*.gz`` (never more than ``limit`` bytes, so a small gzip
+    "bomb" is refused instead of filling memory); unreadable or corrupt files raise DataError."""
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as fh:
-                return fh.read()
-        return path.read_bytes()
+                data = fh.read(limit + 1)
+        else:
+            if path.stat().st_size > limit:
+                raise DataError(f"{path}: {path.stat().st_size} bytes, over the {limit}-byte limit of one file")
+            data = path.read_bytes()
+        if len(data) > limit:
+            raise DataError(f"{path}: decompresses to more than the {limit}-byte limit of one file")
+        return data
     except (gzip.BadGzipFile, zlib.error, EOFError) as exc:
         reason = str(exc) or type(exc).__name__
         raise DataError(f"{path}: corrupt or truncated gzip file ({reason})") from None
@@ -85,7 +96,7 @@ def parse_idx(path: Path, data: bytes, magic: int) -> np.ndarray:
     dims = struct.unpack(f">{ndim}I", data[4:header])
     if min(dims) == 0:
         raise DataError(f"{path}: IDX header has an empty dimension {dims}")
-    need = header + int(np.prod(dims, dtype=np.int64))
+    need = header + math.prod(dims)  # Python ints: a hostile header cannot wrap around to a small size
     if len(data) < need:
         raise DataError(
             f"{path}: truncated, header says {dims} ({need} bytes) but the file has {len(data)} bytes"

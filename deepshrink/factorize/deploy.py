@@ -27,6 +27,10 @@ def _conv_of(model: nn.Module, name: str) -> nn.Conv2d:
         convs = [m for m in module if isinstance(m, (nn.Conv2d, nn.Linear))]
         if not convs:
             raise ConfigError(f"layer {name!r} holds no conv to fold a batch norm into")
+        after = list(module)[list(module).index(convs[-1]) + 1:]
+        if after:  # e.g. a channel shuffle: the batch norm's channel q is not the conv's channel q
+            raise ConfigError(f"layer {name!r}: its last conv is followed by {type(after[0]).__name__}, so the "
+                              "batch norm cannot be folded into it")
         module = convs[-1]
     if not isinstance(module, (nn.Conv2d, nn.Linear)):
         raise ConfigError(f"layer {name!r} ({type(module).__name__}) cannot take a folded batch norm")

@@ -22,7 +22,9 @@ from torch import nn
 
 from deepshrink.core.errors import ConfigError
 from deepshrink.factorize.blocks import PointwiseConv2d
-from deepshrink.factorize.transforms import OPS, get_module, positive_int, record, set_module, svd
+from deepshrink.factorize.transforms import (
+    OPS, get_module, positive_int, record, rollback_on_error, set_module, svd,
+)
 
 Method = Literal["svd", "tucker2"]
 
@@ -131,7 +133,8 @@ def choose_tucker_ranks(name: str, module: nn.Conv2d, spec: FactorSpec) -> tuple
         ranks = spec.rank if isinstance(spec.rank, (tuple, list)) else (spec.rank, spec.rank)
         if len(ranks) != 2:
             raise ConfigError(f"layer {name!r}: Tucker-2 rank must be an int or (r_out, r_in)")
-        return _check_rank(name, ranks[0], out), _check_rank(name, ranks[1], cin)
+        k = module.weight.shape[2] * module.weight.shape[3]  # unfolding ranks: min(o, c k^2) and min(c, o k^2)
+        return _check_rank(name, ranks[0], min(out, cin * k)), _check_rank(name, ranks[1], min(cin, out * k))
     m_out, m_in = _tucker_unfoldings(module)
     if spec.energy is not None:
         return (rank_for_energy(svd(m_out, values_only=True), spec.energy),
@@ -175,8 +178,9 @@ def _build_tucker2(model: nn.Module, entry: dict[str, Any]) -> nn.Sequential:
     r_out, r_in = positive_int(entry, "rank_out"), positive_int(entry, "rank_in")
     module = get_module(model, name)
     _check_layer(name, module, "tucker2")
-    _check_rank(name, r_out, module.out_channels)
-    _check_rank(name, r_in, module.in_channels)
+    k = module.weight.shape[2] * module.weight.shape[3]
+    _check_rank(name, r_out, min(module.out_channels, module.in_channels * k))
+    _check_rank(name, r_in, min(module.in_channels, module.out_channels * k))
     new = nn.Sequential(
         PointwiseConv2d(module.in_channels, r_in, bias=False),
         nn.Conv2d(r_in, r_out, module.kernel_size, bias=False, **_conv_kwargs(module)),
@@ -224,16 +228,28 @@ def factorize_layer(model: nn.Module, name: str, spec: FactorSpec | None = None,
     spec = spec if spec is not None else FactorSpec(**kwargs)
     old = get_module(model, name)
     _check_layer(name, old, spec.method)
-    if spec.method == "svd":
-        rank = choose_svd_rank(name, old, spec)
-        entry: dict[str, Any] = {"op": "svd", "layer": name, "rank": rank}
-        new = _build_svd(model, entry)
-        _init_svd(old, new, rank)
-    else:
-        r_out, r_in = choose_tucker_ranks(name, old, spec)  # type: ignore[arg-type]
-        entry = {"op": "tucker2", "layer": name, "rank_out": r_out, "rank_in": r_in}
-        new = _build_tucker2(model, entry)
-        _init_tucker2(old, new, r_out, r_in)  # type: ignore[arg-type]
+    if isinstance(old.weight, nn.parameter.UninitializedTensorMixin):
+        raise ConfigError(f"layer {name!r}: a lazy layer without its shape yet; run one forward pass first")
+    if not bool(torch.isfinite(old.weight).all()):
+        raise ConfigError(f"layer {name!r}: weights contain NaN or inf")
+    try:  # the layer is replaced only once its factors are computed: a failure leaves the model as it was
+        if spec.method == "svd":
+            rank = choose_svd_rank(name, old, spec)
+            entry: dict[str, Any] = {"op": "svd", "layer": name, "rank": rank}
+            new = _build_svd(model, entry)
+            _init_svd(old, new, rank)
+        else:
+            r_out, r_in = choose_tucker_ranks(name, old, spec)  # type: ignore[arg-type]
+            entry = {"op": "tucker2", "layer": name, "rank_out": r_out, "rank_in": r_in}
+            new = _build_tucker2(model, entry)
+            _init_tucker2(old, new, r_out, r_in)  # type: ignore[arg-type]
+    except BaseException as exc:
+        if get_module(model, name) is not old:
+            set_module(model, name, old)
+        if isinstance(exc, (RuntimeError, ValueError)) and not isinstance(exc, ConfigError):
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"layer {name!r}: cannot factorize: {reason}") from None
+        raise
     new.train(old.training)
     record(model, entry)
     return new
@@ -243,7 +259,8 @@ def factorize(model: nn.Module, plan: dict[str, FactorSpec]) -> dict[str, nn.Seq
     """Factorize several layers: ``{"fc1": FactorSpec(compression=4), ...}``; returns the new blocks."""
     for name in plan:
         get_module(model, name)  # every name must exist before anything changes
-    return {name: factorize_layer(model, name, spec) for name, spec in plan.items()}
+    with rollback_on_error(model, list(plan)):  # a later layer's bad rank leaves the earlier ones unchanged
+        return {name: factorize_layer(model, name, spec) for name, spec in plan.items()}
 
 
 def svd_params(module: nn.Module, rank: int) -> int:

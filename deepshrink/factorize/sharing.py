@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from deepshrink.core.errors import ConfigError
-from deepshrink.factorize.transforms import OPS, get_module, positive_int, record, set_module
+from deepshrink.factorize.transforms import OPS, get_module, positive_int, record, rollback_on_error, set_module
 from deepshrink.quantize.kmeans import SharedCodebook, kmeans_1d
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -72,13 +72,14 @@ def tie_layers(model: nn.Module, source: str, targets: Sequence[str]) -> list[Ti
     """
     if isinstance(targets, str) or not targets:
         raise ConfigError("tie_layers needs a non-empty list of target layer names")
-    for t in targets:  # validate everything before changing anything
+    for t in targets:  # validate every name before changing anything
         get_module(model, t)
     tied = []
-    for t in targets:
-        entry = {"op": "tie", "layer": t, "source": source}
-        tied.append(_build_tie(model, entry))
-        record(model, entry)
+    with rollback_on_error(model, list(targets)):  # a later target that does not fit undoes the earlier ties
+        for t in targets:
+            entry = {"op": "tie", "layer": t, "source": source}
+            tied.append(_build_tie(model, entry))
+            record(model, entry)
     return tied
 
 
@@ -128,15 +129,15 @@ class HashedLinear(nn.Module):
 def _build_hash(model: nn.Module, entry: dict[str, Any]) -> HashedLinear:
     name, k = entry["layer"], positive_int(entry, "buckets")
     seed = entry.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"layer {name!r}: hash seed must be an integer >= 0, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise ConfigError(f"layer {name!r}: hash seed must be an integer in 0..2^64-1, got {seed!r}")
     old = get_module(model, name)
     if not isinstance(old, nn.Linear):
         raise ConfigError(f"layer {name!r} ({type(old).__name__}) cannot be hashed; expected Linear")
     if k > old.weight.numel():
         raise ConfigError(f"layer {name!r}: buckets must be in 1..{old.weight.numel()}, got {k}")
     new = HashedLinear(old.in_features, old.out_features, k, seed, bias=old.bias is not None)
-    new.to(old.weight.device)
+    new.to(old.weight.device, old.weight.dtype)  # a float64 model stays float64
     set_module(model, name, new)
     return new
 

@@ -8,7 +8,9 @@ freshly created zoo model (shapes only: the weights come from the artifact after
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -37,11 +39,23 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
     return module
 
 
+#: modules that read their children's ``.weight`` directly (fused attention paths), so a child cannot be replaced
+_READS_CHILD_WEIGHTS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+
+
 def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Replace the submodule ``name`` by ``new``."""
-    get_module(model, name)
+    """Replace the submodule ``name`` by ``new``; ConfigError when that would break the model: a parent that
+    reads the layer's ``.weight`` itself, or a tied layer that calls this one."""
+    old = get_module(model, name)
     parent_name, _, leaf = name.rpartition(".")
     parent = get_module(model, parent_name) if parent_name else model
+    if isinstance(parent, _READS_CHILD_WEIGHTS):
+        raise ConfigError(f"layer {name!r}: its parent {type(parent).__name__} reads its weight directly, so it "
+                          "cannot be replaced")
+    ties = [n for n, m in model.named_modules() if getattr(m, "_target", None) is old and n != name]
+    if ties:
+        raise ConfigError(f"layer {name!r} is the source of tied layer(s) {', '.join(ties)}: substitute it "
+                          "before tying (apply tying last)")
     setattr(parent, leaf, new)
 
 
@@ -76,7 +90,7 @@ def replay_transforms(model: nn.Module, transforms: Sequence[dict[str, Any]] | N
             OPS.get(entry["op"])(model, entry)
         except DeepShrinkError:
             raise
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, ArithmeticError) as exc:
             raise ModelError(f"arch transform {entry!r} cannot be replayed: {exc}") from None
         record(model, entry)
     return model
@@ -102,3 +116,22 @@ def positive_int(entry: dict[str, Any], key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ModelError(f"arch transform {entry.get('op')!r}: {key} must be an integer >= 1, got {value!r}")
     return value
+
+
+@contextlib.contextmanager
+def rollback_on_error(model: nn.Module, names: Sequence[str]) -> Iterator[None]:
+    """Put the layers ``names`` and the model's recorded substitutions back as they were if the block raises."""
+    modules = {name: get_module(model, name) for name in names}
+    arch = getattr(model, ARCH_ATTR, None)
+    try:
+        yield
+    except BaseException:
+        for name, module in reversed(list(modules.items())):
+            parent_name, _, leaf = name.rpartition(".")
+            setattr(get_module(model, parent_name) if parent_name else model, leaf, module)
+        if arch is None:
+            if ARCH_ATTR in vars(model):
+                delattr(model, ARCH_ATTR)
+        else:
+            setattr(model, ARCH_ATTR, arch)
+        raise

@@ -31,6 +31,7 @@ from deepshrink.artifact import StoragePolicy
 from deepshrink.artifact.model_io import round_small_tensors
 from deepshrink.core.errors import ConfigError, DeepShrinkError, ModelError
 from deepshrink.core.fileio import atomic_write_text, ensure_dir
+from deepshrink.data.base import data_digest, tensors_digest
 from deepshrink.measure._runtime import eval_mode
 from deepshrink.quantize.modules import input_quantizers
 from deepshrink.recipe import schema as S
@@ -92,27 +93,6 @@ def _fingerprint(recipe: S.Recipe, model: str, data: str, weights: str | None, q
     wsum = hashlib.sha256(Path(weights).read_bytes()).hexdigest() if weights else None
     blob = json.dumps([recipe_to_dict(recipe), model, data, wsum, quick], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-
-def _tensors_digest(tensors: Any) -> str:
-    """A digest of tensors' dtypes, shapes and values (what identifies a given model's weights or data)."""
-    h = hashlib.sha256()
-    for t in tensors:
-        if isinstance(t, torch.Tensor):
-            t = t.detach().cpu().contiguous()
-            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-            h.update((t.float() if t.dtype == torch.bfloat16 else t).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def _data_digest(splits: Any) -> str:
-    """A digest of in-memory splits: their tensors when they are TensorDatasets, else their size and repr."""
-    parts = []
-    for split in (getattr(splits, "train", None), getattr(splits, "test", None)):
-        tensors = getattr(split, "tensors", None)
-        parts.append(_tensors_digest(tensors) if tensors is not None else f"{type(split).__name__}:{len(split)}"
-                     if hasattr(split, "__len__") else repr(split))
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def _where(index: int, stage: Any, lines: LineMap | None, source: str | None) -> str:
@@ -280,10 +260,8 @@ def run_recipe(recipe: S.Recipe, *, model: nn.Module | str | None = None, model_
     model_key = spec_name + (json.dumps(model_args, sort_keys=True, default=str) if model_args and not
                              isinstance(model, nn.Module) else "")
     if isinstance(model, nn.Module):  # another module of the same class is another run
-        model_key += ":" + _tensors_digest(template.state_dict().values())
-    data_key = splits.name
-    if isinstance(data, (DataSplits, TextSplits)):  # data given in memory: its contents, not only its name
-        data_key += ":" + _data_digest(splits)
+        model_key += ":" + tensors_digest(template.state_dict().values())
+    data_key = f"{splits.name}:{data_digest(splits)}"  # its contents: another folder of the same format differs
     fingerprint = _fingerprint(recipe, model_key, data_key, os.fspath(weights) if weights else None, quick)
     names = S.stage_names(recipe)
     _preflight(recipe, net, lines, source, text)

@@ -227,6 +227,11 @@ def factorize(stage: S.FactorizeStage, state: RunState, name: str) -> None:
     from deepshrink import factorize as fz
 
     layers = list(select(state.model, stage))
+    if stage.layers is None:  # the default "every Linear and Conv": only those this method can replace
+        modules = dict(state.model.named_modules())
+        layers = [n for n in layers if _factorizable(modules[n], stage)]
+        if not layers:
+            raise ConfigError(f"no layer of the model can be replaced by {stage.method}; name them with layers:")
     if stage.method in ("svd", "tucker2"):
         spec = fz.FactorSpec(method=stage.method, rank=stage.rank, energy=stage.energy,
                              compression=stage.compression)
@@ -241,6 +246,23 @@ def factorize(stage: S.FactorizeStage, state: RunState, name: str) -> None:
                 fz.hash_layer(state.model, layer, compression=stage.compression, seed=state.seed)
     if stage.finetune is not None:
         _fit(state, state.model, stage.finetune, f"{name} fine-tune", checkpoint=name)
+
+
+def _factorizable(module: nn.Module, stage: S.FactorizeStage) -> bool:
+    """Whether ``stage``'s method can replace ``module`` (type, groups, and an explicit SVD rank below its
+    smaller side), for the default layer selection."""
+    if type(module) is nn.Conv2d:
+        if module.groups != 1 or stage.method == "hash":
+            return False
+        fits = min(module.out_channels, module.in_channels * module.kernel_size[0] * module.kernel_size[1])
+    elif type(module) is nn.Linear:
+        if stage.method not in ("svd", "hash"):
+            return False
+        fits = min(module.in_features, module.out_features)
+    else:
+        return False
+    rank = stage.rank if isinstance(stage.rank, int) else None
+    return not (stage.method == "svd" and rank is not None and rank > fits)
 
 
 def distill(stage: S.DistillStage, state: RunState, name: str) -> None:

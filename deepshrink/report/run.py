@@ -108,6 +108,10 @@ def _layers(model: nn.Module, artifact_path: str | os.PathLike[str] | None) -> t
         with torch.no_grad():  # the effective weight (masked, shared or dequantized), counted directly
             numel, nz = weight.numel(), int((weight != 0).sum().item())
             hists[st.name] = weight_histogram(weight)
+            if isinstance(getattr(type(module), "weight", None), property):  # computed (HashedLinear): count
+                bias = getattr(module, "bias", None)  # what is stored, as layer_stats does, less the bias
+                b = bias if isinstance(bias, torch.Tensor) else torch.zeros(0)
+                numel, nz = st.params - b.numel(), st.nonzeros - int((b != 0).sum().item())
         rows.append({"name": st.name, "type": st.type, "shape": list(st.shape), "params": numel,
                      "nonzeros": nz, "sparsity": 1.0 - nz / numel if numel else 0.0, "bits": bits})
     return rows, hists
