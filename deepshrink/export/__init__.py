@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +18,9 @@ from torch import nn
 from deepshrink.core.errors import ConfigError, DeepShrinkError, ModelError
 from deepshrink.artifact.model_io import some, torch_int8_layers
 from deepshrink.core.fileio import atomic_write_bytes
-from deepshrink.export.onnx import _as_tuple, _first_line, check_onnx, export_onnx, ort_session, run_onnx
+from deepshrink.export.onnx import (
+    _as_tuple, _first_line, check_onnx, export_onnx, ort_session, passing_trace_warnings, run_onnx,
+)
 
 Format = Literal["onnx", "torchscript", "safetensors", "deepshrink"]
 FORMATS: tuple[str, ...] = ("onnx", "torchscript", "safetensors", "deepshrink")
@@ -99,8 +100,7 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], format: Format,
 def _torchscript_bytes(model: nn.Module, inputs: tuple[torch.Tensor, ...], what: str) -> bytes:
     buf = io.BytesIO()
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
+        with passing_trace_warnings(f"TorchScript export of {what}"), torch.no_grad():
             traced = torch.jit.trace(model, inputs, strict=False, check_trace=False)
             torch.jit.save(traced, buf)
     except Exception as exc:  # noqa: BLE001 - the tracer raises many types; one line for the user

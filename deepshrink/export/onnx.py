@@ -9,10 +9,12 @@ have no ONNX lowering in this exporter; export the fake-quant model and let ONNX
 
 from __future__ import annotations
 
+import contextlib
+
 import io
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,21 @@ from deepshrink.core.fileio import atomic_write_bytes
 
 DEFAULT_OPSET = 17
 
+
+
+@contextlib.contextmanager
+def passing_trace_warnings(what: str) -> Iterator[None]:
+    """Silence the exporters' chatter, but hand torch's TracerWarnings to the caller (once each): they say the
+    trace may not hold for other inputs (a Python branch on a tensor, a size turned into a constant)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    seen: set[str] = set()
+    for w in caught:
+        if issubclass(w.category, torch.jit.TracerWarning) and str(w.message) not in seen:
+            seen.add(str(w.message))
+            warnings.warn(f"{what}: the traced graph may not hold for other inputs: {w.message}",
+                          torch.jit.TracerWarning, stacklevel=3)
 
 def _flatten(out: Any) -> list[torch.Tensor]:
     """Tensors of a model output in the order the exporter emits them (tuples, lists, dicts, HF outputs)."""
@@ -73,8 +90,7 @@ def onnx_bytes(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], *, op
         axes = default_dynamic_axes(example_inputs, n_out) if dynamic_axes is None else dynamic_axes
         buf = io.BytesIO()
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with passing_trace_warnings(f"ONNX export of {what}"):
                 torch.onnx.export(model, example_inputs, buf, dynamo=False, opset_version=opset,
                                   input_names=_names("input", len(example_inputs)),
                                   output_names=_names("output", n_out), dynamic_axes=axes,

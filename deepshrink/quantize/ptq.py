@@ -262,6 +262,24 @@ def calibrate(model: nn.Module, calibration_data: Any, max_batches: int | None =
     return seen
 
 
+def _refuse_shared_weights(model: nn.Module, layers: list[Any]) -> None:
+    """ConfigError when a selected layer's weight is also another module's parameter (an embedding tied to
+    the output layer): quantizing one use would silently untie them, and the artifact could not rebuild both."""
+    owners: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(param), []).append(name)
+    chosen = {name for name, _, _ in layers}
+    for name, module, _ in layers:
+        weight = module._parameters.get("weight")
+        if weight is None:
+            continue
+        others = [n for n in owners.get(id(weight), []) if n.rpartition(".")[0] != name
+                  and n.rpartition(".")[0] not in chosen]
+        if others:
+            raise ConfigError(f"{name or type(module).__name__}: its weight is shared with {others[0]}, which is "
+                              "not quantized with it; quantize both layers, untie them, or skip this one")
+
+
 def quantize(model: nn.Module, config: QuantConfig, calibration_data: Any = None, *,
              inplace: bool = False) -> nn.Module:
     """Quantize the layers ``config`` selects and return the model (a deep copy unless ``inplace``).
@@ -279,6 +297,7 @@ def quantize(model: nn.Module, config: QuantConfig, calibration_data: Any = None
         raise ConfigError(f"{type(config).__name__} selects no layer "
                           f"(layers={config.layers!r}, types={config.types})")
     check_materialized(target)
+    _refuse_shared_weights(target, layers)
     done: list[tuple[nn.Module, int, bool]] = []
     try:
         for name, module, cfg in layers:

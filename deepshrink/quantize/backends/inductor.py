@@ -58,8 +58,31 @@ class CompiledInt8(nn.Module):
                 n = len(chunk)
                 if n < b:
                     chunk = torch.cat([chunk, chunk.new_zeros((b - n, *chunk.shape[1:]))])
-                outs.append(self._compiled(chunk)[:n])
-            return torch.cat(outs)
+                outs.append(_rows(self._compiled(chunk), n))
+            return _cat(outs)
+
+
+def _rows(out: Any, n: int) -> Any:
+    """The first ``n`` rows of every tensor of a model output (a tensor, a tuple/list or a dict of them)."""
+    if isinstance(out, torch.Tensor):
+        return out[:n]
+    if isinstance(out, dict):
+        return {k: _rows(v, n) for k, v in out.items()}
+    if isinstance(out, (tuple, list)):
+        return type(out)(_rows(v, n) for v in out)
+    return out
+
+
+def _cat(outs: list[Any]) -> Any:
+    """Chunk outputs joined along the batch, keeping their structure."""
+    first = outs[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(outs)
+    if isinstance(first, dict):
+        return {k: _cat([o[k] for o in outs]) for k in first}
+    if isinstance(first, (tuple, list)):
+        return type(first)(_cat([o[i] for o in outs]) for i in range(len(first)))
+    return first
 
 
 def _needs() -> tuple[Any, Any, Any]:

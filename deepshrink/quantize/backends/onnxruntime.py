@@ -122,10 +122,11 @@ class OrtModule(nn.Module):
         self.session = _session(model_bytes, threads, spin, self.disabled_optimizers)
         self.input_name = self.session.get_inputs()[0].name
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """The graph's output; a graph of several outputs (a model returning a tuple) gives them all."""
         arr = _as_numpy(x)
-        out = self.session.run(None, {self.input_name: arr})[0]
-        return torch.from_numpy(np.asarray(out)).to(x.device)
+        outs = [torch.from_numpy(np.asarray(o)).to(x.device) for o in self.session.run(None, {self.input_name: arr})]
+        return outs[0] if len(outs) == 1 else tuple(outs)
 
     def op_types(self) -> list[str]:
         """Operator types after ORT's graph optimizations (QDQ pairs fused into integer operators)."""
@@ -145,8 +146,9 @@ def export_onnx(model: nn.Module, example: torch.Tensor, opset: int = 17) -> byt
     from deepshrink.quantize.backends.torch_int8 import _plain_copy
 
     plain = _plain_copy(model).cpu().eval()
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    from deepshrink.export.onnx import passing_trace_warnings
+
+    with tempfile.TemporaryDirectory() as tmp, passing_trace_warnings(f"ONNX export of {type(model).__name__}"):
         path = Path(tmp) / "model.onnx"
         try:
             torch.onnx.export(plain, (example.cpu(),), str(path), input_names=["input"], output_names=["output"],
@@ -244,7 +246,7 @@ def to_onnxruntime(model: nn.Module, calibration_data: Any = None, *, mode: str 
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-    from deepshrink.quantize.backends.torch_int8 import _calib_batches, _fallbacks, _probe
+    from deepshrink.quantize.backends.torch_int8 import _calib_batches, _fallbacks, _plain_copy, _probe, check_float32
 
     if mode not in ("static", "dynamic", "float"):
         raise ConfigError(f"onnxruntime mode must be static, dynamic or float, got {mode!r}")
@@ -269,22 +271,29 @@ def to_onnxruntime(model: nn.Module, calibration_data: Any = None, *, mode: str 
                 raise ConfigError(f"onnxruntime mode {mode!r} needs an example input (example=) or calibration_data")
             batches = _calib_batches(calibration_data, 1)
         example = batches[0][:1]
+    check_float32(model)
     _probe(model, [example])
+    with torch.no_grad():
+        reference = _plain_copy(model).eval()(example)
+    if not isinstance(reference, (torch.Tensor, tuple, list)) or (
+            not isinstance(reference, torch.Tensor) and not all(isinstance(o, torch.Tensor) for o in reference)):
+        raise ModelError(f"{type(model).__name__} returns {type(reference).__name__}: the onnxruntime backend "
+                         "runs models that return a tensor or a tuple of tensors")
     float_bytes = export_onnx(model, example)
     if mode == "float":
         return OrtModule(float_bytes, threads=threads, spin=spin, description="onnxruntime fp32"), []
     kernel_types = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-    fallbacks = _fallbacks(model, kernel_types)
-    if strict and fallbacks:
-        raise ModelError(f"no int8 kernel for: {', '.join(fallbacks)}")
+    fallbacks = _fallbacks(_plain_copy(model), kernel_types)  # what is stored (a quantized embedding is float)
     keep = auto_float_layers(model) if float_layers == "auto" else list(float_layers)
     names = {n for n, _ in model.named_modules()}
     for layer in keep:
         if layer not in names:
             raise ConfigError(f"float_layers: {layer!r} is not a module of {type(model).__name__}")
+    fallbacks += [f"{layer} (kept fp32: faster than int8 here)" for layer in keep]
+    if strict and fallbacks:
+        raise ModelError(f"no int8 kernel for: {', '.join(fallbacks)}")
     proto = onnx.load_from_string(float_bytes)
     exclude = [node for layer in keep for node in _layer_nodes(proto, layer)]
-    fallbacks += [f"{layer} (kept fp32: faster than int8 here)" for layer in keep]
     if reduce_range is None:
         reduce_range = not cpu_has_vnni()
     with tempfile.TemporaryDirectory() as tmp, _quiet():

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from deepshrink.core.errors import ConfigError, DataError, ModelError
+from deepshrink.core.errors import ConfigError, DataError, DeepShrinkError, ModelError
 
 INT_KERNEL_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 OBSERVER_MAP = {"minmax": "MinMaxObserver", "moving_average": "MovingAverageMinMaxObserver",
@@ -82,6 +82,7 @@ def _quantizable_copy(model: nn.Module) -> nn.Module:
     from deepshrink.quantize.ptq import check_materialized
 
     check_materialized(model)
+    check_float32(model)
     m = _plain_copy(model)
     for name, p in m.state_dict().items():
         if p.is_floating_point() and not bool(torch.isfinite(p).all()):
@@ -89,13 +90,61 @@ def _quantizable_copy(model: nn.Module) -> nn.Module:
     return m
 
 
+def check_float32(model: nn.Module) -> None:
+    """ModelError unless every float tensor of ``model`` is float32: the int8 kernels take float32
+    activations, and a half or double model converts to one that fails on every call."""
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_floating_point() and t.dtype != torch.float32:
+            raise ModelError(f"{name} is {t.dtype}: int8 conversion takes a float32 model (model.float() first)")
+
+
+def check_runs(converted: Any, reference: nn.Module, batch: torch.Tensor, what: str) -> None:
+    """ModelError unless the converted model runs on a calibration batch and returns what the float model
+    does (the same kind of output, tensors of the same shapes)."""
+    with torch.no_grad():
+        expected = reference.eval()(batch)
+        try:
+            got = converted(batch)
+        except Exception as exc:  # the converted graph's own failure: one line, naming the conversion
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"the {what} int8 model of {type(reference).__name__} cannot run: {reason}") from None
+
+    def shapes(out: Any) -> Any:
+        if isinstance(out, torch.Tensor):
+            return tuple(out.shape)
+        if isinstance(out, (tuple, list)):
+            return [shapes(o) for o in out]
+        if isinstance(out, dict):
+            return {k: shapes(v) for k, v in out.items()}
+        return type(out).__name__
+
+    if shapes(got) != shapes(expected):
+        raise ModelError(f"the {what} int8 model of {type(reference).__name__} returns {shapes(got)}, the float "
+                         f"model {shapes(expected)}")
+
+
+def check_observed(prepared: nn.Module) -> None:
+    """DataError naming the first activation observer that calibration never reached (a branch the
+    calibration data did not take): its int8 range would be made up and zero the layer's output."""
+    for name, mod in prepared.named_modules():
+        low = getattr(mod, "min_val", None)
+        if isinstance(low, torch.Tensor) and (low.numel() == 0 or bool(torch.isinf(low).any())):
+            where = name.rsplit(".activation_post_process", 1)[0] or name
+            raise DataError(f"{where}: its observer saw no data (the calibration batches never reach this layer); "
+                            "calibrate with data that runs every branch")
+
+
 def _probe(model: nn.Module, batches: list[torch.Tensor]) -> list[torch.Tensor]:
     """Run the float model on the first calibration batch: a batch it cannot take (wrong width or dtype) is
     one DataError here rather than a traceback from inside the observers or the exporter."""
     from deepshrink.quantize.ptq import run_calibration_batch
 
-    with torch.no_grad():
-        run_calibration_batch(model.eval(), batches[0], 0)
+    was = model.training
+    try:
+        with torch.no_grad():
+            run_calibration_batch(model.eval(), batches[0], 0)
+    finally:
+        model.train(was)  # the caller's model keeps its mode
     return batches
 
 
@@ -173,9 +222,12 @@ def _fallbacks(model: nn.Module, kernel_types: tuple[type, ...]) -> list[str]:
     """Leaf layers with a weight that no int8 kernel runs (batch norms folded into a convolution excepted,
     when convolutions have int8 kernels here)."""
     folded = folded_batchnorms(model) if any(issubclass(t, nn.Conv2d) for t in kernel_types) else set()
+    def weighted(m: nn.Module) -> bool:  # a weight, or matrices of its own (LSTM/GRU weight_ih_l0, MHA in_proj)
+        own = any(p.dim() >= 2 for p in m.parameters(recurse=False))
+        return own or (isinstance(getattr(m, "weight", None), torch.Tensor) and not list(m.children()))
+
     return [f"{name} ({type(m).__name__})" for name, m in model.named_modules()
-            if isinstance(getattr(m, "weight", None), torch.Tensor) and not isinstance(m, kernel_types)
-            and not list(m.children()) and name not in folded]
+            if weighted(m) and not isinstance(m, kernel_types) and name not in folded]
 
 
 class _Wrapped(nn.Module):
@@ -208,6 +260,7 @@ def _eager_static(model: nn.Module, qc: Any, batches: list[torch.Tensor]) -> nn.
     with torch.no_grad():
         for b in batches:
             prepared(b)
+    check_observed(prepared)
     return tq.convert(prepared, inplace=False)
 
 
@@ -220,6 +273,7 @@ def _fx_static(model: nn.Module, qc: Any, batches: list[torch.Tensor]) -> nn.Mod
     with torch.no_grad():
         for b in batches:
             prepared(b)
+    check_observed(prepared)
     return convert_fx(prepared)
 
 
@@ -262,7 +316,9 @@ def to_int8(model: nn.Module, calibration_data: Any = None, *, mode: str = "stat
             fallbacks = _fallbacks(float_model, (nn.Linear,))
             if strict and fallbacks:
                 raise ModelError(f"no dynamic int8 kernel for: {', '.join(fallbacks)}")
-            out = tq.quantize_dynamic(float_model, {nn.Linear}, dtype=torch.qint8)
+            out = tq.quantize_dynamic(copy.deepcopy(float_model), {nn.Linear}, dtype=torch.qint8)
+            if calibration_data is not None:  # an example to check the converted model on
+                check_runs(out, float_model, _calib_batches(calibration_data, 1)[0], "dynamic")
             return Int8Model(out, "dynamic", fallbacks)
         fallbacks = _fallbacks(float_model, INT_KERNEL_TYPES)
         if strict and fallbacks:
@@ -271,12 +327,24 @@ def to_int8(model: nn.Module, calibration_data: Any = None, *, mode: str = "stat
         qc = qconfig(observer, per_channel)
         if graph in ("auto", "fx"):
             try:
-                return Int8Model(_fx_static(copy.deepcopy(float_model), qc, batches), "fx", fallbacks)
+                fx = _fx_static(copy.deepcopy(float_model), qc, batches)
+                check_runs(fx, float_model, batches[0], "FX")  # e.g. a view of a channels-last int8 output
+                return Int8Model(fx, "fx", fallbacks)
+            except DataError:
+                raise
             except Exception as exc:  # torch.fx raises many types when a model cannot be traced
                 if graph == "fx":
                     raise ModelError(f"FX graph mode cannot quantize {type(model).__name__}: "
                                      f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-        return Int8Model(_eager_static(float_model, qc, batches), "eager", fallbacks)
+        try:
+            eager = _eager_static(copy.deepcopy(float_model), qc, batches)
+        except DeepShrinkError:
+            raise
+        except Exception as exc:  # e.g. a forward that reads a wrapped layer's .weight
+            raise ModelError(f"eager int8 conversion cannot quantize {type(model).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        check_runs(eager, float_model, batches[0], "eager")
+        return Int8Model(eager, "eager", fallbacks)
 
 
 def _inductor(model: nn.Module, calibration_data: Any, *, mode: str, observer: str, per_channel: bool,

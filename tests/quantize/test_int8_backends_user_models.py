@@ -1,0 +1,113 @@
+"""int8 backends on user models: a converted model that would fail is refused at conversion, a layer the
+calibration never reached is an error, float layers with matrices are fallbacks, and ONNX Runtime keeps
+the caller's model mode and every output."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from deepshrink.core.errors import ConfigError, DataError, ModelError
+from deepshrink.quantize import IntWeightConfig, quantize
+from deepshrink.quantize.backends import to_int8
+
+
+class ViewCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 4, 3), nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        return self.fc(h.view(h.size(0), -1))  # a view of the channels-last int8 output fails
+
+
+class Branchy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 3), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.a(x) if bool(x.sum() > 0) else self.b(x)
+
+
+class TwoHeads(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.cls, self.box = nn.Linear(8, 8), nn.Linear(8, 3), nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.body(x))
+        return self.cls(h), self.box(h)
+
+
+def test_a_converted_model_that_cannot_run_is_refused_at_conversion():
+    torch.manual_seed(0)
+    with pytest.raises(ModelError, match="int8 model of ViewCNN cannot run"):
+        to_int8(ViewCNN(), torch.randn(8, 1, 8, 8))
+
+
+def test_non_float32_models_are_refused_by_name():
+    for backend in ("torch", "onnxruntime"):
+        with pytest.raises(ModelError, match="float32 model"):
+            to_int8(nn.Sequential(nn.Linear(4, 2)).half(), torch.randn(4, 4).half(), backend=backend)
+
+
+def test_a_layer_the_calibration_never_reached_is_a_data_error():
+    torch.manual_seed(0)
+    with pytest.raises(DataError, match="saw no data"):
+        to_int8(Branchy(), torch.rand(16, 4) + 0.1)  # only positive sums: branch b never runs
+
+
+def test_recurrent_layers_are_fallbacks_and_strict_refuses_them():
+    class Rnn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.r, self.fc = nn.GRU(4, 16, batch_first=True), nn.Linear(16, 2)
+
+        def forward(self, x):
+            return self.fc(self.r(x)[0][:, -1])
+
+    q = to_int8(Rnn(), torch.randn(4, 5, 4), mode="dynamic")
+    assert any("GRU" in f for f in q.fallbacks)
+    with pytest.raises(ModelError, match="GRU"):
+        to_int8(Rnn(), torch.randn(4, 5, 4), mode="dynamic", strict=True)
+
+
+def test_onnxruntime_keeps_the_callers_mode_and_every_output():
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    m = TwoHeads().train()
+    x = torch.randn(16, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = to_int8(m, x, backend="onnxruntime")
+    assert m.training
+    cls, box = q(x[:3])
+    ref_cls, ref_box = m.eval()(x[:3])
+    assert cls.shape == ref_cls.shape and box.shape == ref_box.shape
+    assert (box - ref_box).abs().max() < 0.1 * ref_box.abs().max() + 0.05
+
+
+def test_quantizing_one_use_of_a_tied_weight_is_refused():
+    class TinyLM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.e, self.out = nn.Embedding(20, 8), nn.Linear(8, 20, bias=False)
+            self.out.weight = self.e.weight
+
+        def forward(self, ids):
+            return self.out(self.e(ids))
+
+    with pytest.raises(ConfigError, match="shared with e.weight"):
+        quantize(TinyLM(), IntWeightConfig(bits=4))
+
+
+def test_a_trace_that_may_not_generalize_is_reported_to_the_caller(tmp_path):
+    from deepshrink.export import export_model
+
+    with pytest.warns(torch.jit.TracerWarning, match="may not hold for other inputs"):
+        export_model(Branchy(), tmp_path / "b.onnx", "onnx", torch.rand(2, 4))
