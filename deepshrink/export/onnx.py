@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepshrink.core.errors import ConfigError, ModelError
+from deepshrink.core.errors import ConfigError, DeepShrinkError, ModelError
 from deepshrink.core.fileio import atomic_write_bytes
 
 DEFAULT_OPSET = 17
@@ -136,9 +136,11 @@ def ort_session(path: str | os.PathLike[str], threads: int | None = None, *, opt
 
 def run_onnx(session: Any, example_inputs: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
     """Run a session on tensors; inputs the exporter dropped as unused are skipped by name."""
-    wanted = {i.name for i in session.get_inputs()}
-    feed = {name: t.detach().cpu().numpy() for name, t in zip(_names("input", len(example_inputs)),
-                                                                example_inputs) if name in wanted}
+    inputs = [i.name for i in session.get_inputs()]
+    names = _names("input", len(example_inputs))
+    if not set(names) & set(inputs):  # a graph named otherwise (e.g. the int8 backend's "input"): by position
+        names = inputs + [f"unused{i}" for i in range(len(example_inputs) - len(inputs))]
+    feed = {name: t.detach().cpu().numpy() for name, t in zip(names, example_inputs) if name in inputs}
     return session.run(None, feed)
 
 
@@ -157,9 +159,18 @@ def check_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: t
     try:
         with torch.no_grad():
             ref = [t.detach().cpu().float().numpy() for t in _flatten(model(*example_inputs))]
+    except Exception as exc:  # noqa: BLE001 - the user's forward on these inputs: one line
+        raise ModelError(f"check_onnx: the PyTorch model cannot run on the example inputs: {_first_line(exc)}") \
+            from None
     finally:
         model.train(was_training)
-    got = run_onnx(ort_session(path), example_inputs)
+    try:
+        got = run_onnx(ort_session(path), example_inputs)
+    except DeepShrinkError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own errors (shapes, dtypes, missing inputs)
+        raise ModelError(f"check_onnx: ONNX Runtime cannot run {path} on the example inputs: "
+                         f"{_first_line(exc)}") from None
     if len(got) != len(ref):
         raise ModelError(f"ONNX file {path} has {len(got)} outputs, the PyTorch model {len(ref)}")
     worst = 0.0
@@ -184,5 +195,8 @@ def _as_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+    """The exception as one line: its message with line breaks folded (a first line alone can stop mid-
+    expression), at most 300 characters."""
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

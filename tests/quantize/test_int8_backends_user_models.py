@@ -111,3 +111,21 @@ def test_a_trace_that_may_not_generalize_is_reported_to_the_caller(tmp_path):
 
     with pytest.warns(torch.jit.TracerWarning, match="may not hold for other inputs"):
         export_model(Branchy(), tmp_path / "b.onnx", "onnx", torch.rand(2, 4))
+
+
+def test_check_onnx_reports_onnx_runtime_failures_as_one_line_and_checks_int8_files(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from deepshrink.export import check_onnx, export_model
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 3))
+    path = tmp_path / "static.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_model(m, path, "onnx", torch.randn(2, 4), dynamic_axes={})  # batch fixed at 2
+    with pytest.raises(ModelError, match="ONNX Runtime cannot run") as err:
+        check_onnx(m, path, (torch.randn(3, 4),))
+    assert "\n" not in str(err.value)
+    q = to_int8(m, torch.randn(16, 4), backend="onnxruntime")
+    q.model.save(tmp_path / "int8.onnx")  # its input is named "input": fed by position
+    assert check_onnx(q.model, tmp_path / "int8.onnx", (torch.randn(3, 4),)) == 0.0
