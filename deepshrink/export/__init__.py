@@ -7,6 +7,7 @@ its outputs leave the tolerance. See docs/export.md.
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 from pathlib import Path
@@ -87,7 +88,7 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], format: Format,
         if format == "onnx":
             export_onnx(module, target, inputs, opset=opset, dynamic_axes=dynamic_axes, what=what)
         elif format == "torchscript":
-            atomic_write_bytes(target, _torchscript_bytes(module, inputs, what))
+            atomic_write_bytes(target, _torchscript_bytes(_traceable(module, what), inputs, what))
         elif format == "safetensors":
             atomic_write_bytes(target, _safetensors_bytes(module, what))
         else:
@@ -95,6 +96,22 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], format: Format,
     finally:
         module.train(was_training)
     return target
+
+
+def _traceable(module: nn.Module, what: str) -> nn.Module:
+    """What TorchScript can trace: QAT weight quantizers (straight-through autograd functions) frozen to their
+    integer codes on a copy, as the artifact stores them; activation fake-quantization is refused."""
+    from deepshrink.quantize.modules import input_quantizers
+    from deepshrink.quantize.qat import TRAINABLE, freeze
+
+    acts = input_quantizers(module)
+    if acts:
+        raise ModelError(f"cannot export {what} to TorchScript: {len(acts)} layers ({some(list(acts))}) "
+                         "fake-quantize their inputs with straight-through functions TorchScript cannot trace; "
+                         "export ONNX, or convert for integer execution with to_int8")
+    if any(isinstance(m, TRAINABLE) for m in module.modules()):
+        module = freeze(copy.deepcopy(module)).eval()
+    return module
 
 
 def _torchscript_bytes(model: nn.Module, inputs: tuple[torch.Tensor, ...], what: str) -> bytes:

@@ -60,6 +60,8 @@ class ChannelShuffle(nn.Module):
         self.groups = groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:  # an unbatched (C, H, W) input, as Conv2d takes
+            return self.forward(x.unsqueeze(0)).squeeze(0)
         n, c, h, w = x.shape
         return x.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 

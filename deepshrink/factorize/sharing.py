@@ -193,7 +193,7 @@ def share_codebook(model: nn.Module, names: Sequence[str], bits: int, *, iters: 
     modules = []
     for n in names:
         m = get_module(model, n)
-        if not isinstance(getattr(m, "weight", None), torch.Tensor) or parametrize.is_parametrized(m, "weight"):
+        if not isinstance(m._parameters.get("weight"), torch.Tensor) or parametrize.is_parametrized(m, "weight"):
             raise ConfigError(f"layer {n!r} ({type(m).__name__}) has no plain weight to share")
         modules.append(m)
     if len({id(m) for m in modules}) != len(modules):

@@ -129,3 +129,28 @@ def test_check_onnx_reports_onnx_runtime_failures_as_one_line_and_checks_int8_fi
     q = to_int8(m, torch.randn(16, 4), backend="onnxruntime")
     q.model.save(tmp_path / "int8.onnx")  # its input is named "input": fed by position
     assert check_onnx(q.model, tmp_path / "int8.onnx", (torch.randn(3, 4),)) == 0.0
+
+
+def test_qat_models_export_to_torchscript_with_their_weights_frozen(tmp_path, capsys):
+    from deepshrink.export import export_model
+    from deepshrink.quantize import QATConfig
+
+    torch.manual_seed(0)
+    m = quantize(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)), QATConfig(weight_bits=4))
+    x = torch.randn(5, 6)
+    export_model(m, tmp_path / "q.pt", "torchscript", x[:1])
+    loaded = torch.jit.load(str(tmp_path / "q.pt"))
+    assert torch.allclose(loaded(x), m.eval()(x), atol=1e-6)
+    pytest.importorskip("onnxruntime")
+    to_int8(nn.Sequential(nn.Linear(6, 3)), torch.randn(32, 6), backend="onnxruntime", observer="percentile")
+    assert capsys.readouterr().out == ""  # library code never prints
+
+
+def test_a_channel_shuffle_takes_an_unbatched_input():
+    from deepshrink.factorize import to_grouped_pointwise
+
+    m = nn.Sequential(nn.Conv2d(4, 4, 1))
+    x = torch.randn(4, 5, 5)
+    ref = m(x)
+    to_grouped_pointwise(m, "0", groups=2)
+    assert m(x).shape == ref.shape

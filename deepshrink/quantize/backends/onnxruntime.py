@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import io
 import logging
 import tempfile
 import warnings
@@ -165,11 +166,12 @@ PASS_THROUGH_OPS = ("Relu", "Clip", "MaxPool", "AveragePool", "Flatten", "Reshap
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence the ORT quantizer's advice on the root logger and Python warnings (restored after)."""
+    """Silence the ORT quantizer's advice on the root logger, its prints ("Collecting tensor data and making
+    histogram ...": library code never prints) and Python warnings (restored after)."""
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
