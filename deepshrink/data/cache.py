@@ -79,14 +79,16 @@ def _write(path: Path, arrays: Arrays) -> None:
         log.debug("could not write dataset cache %s: %s", path, exc)
 
 
-def cached_arrays(key: str, build: Callable[[], Arrays], spec: Spec) -> Arrays:
-    """Return ``build()``'s arrays, from ``<cache_dir>/<key>.npz`` when a valid copy exists."""
+def cached_arrays(key: str, build: Callable[[], Arrays], spec: Spec,
+                  valid: Callable[[Arrays], bool] | None = None) -> Arrays:
+    """Return ``build()``'s arrays, from ``<cache_dir>/<key>.npz`` when a valid copy exists (right keys, dtypes
+    and shapes, and ``valid(arrays)`` when given, e.g. labels in range: a tampered file is rebuilt)."""
     folder = cache_dir()
     if folder is None:
         return build()
     path = folder / f"{key}.npz"
     arrays = _read(path, spec)
-    if arrays is not None:
+    if arrays is not None and (valid is None or valid(arrays)):
         return arrays
     arrays = build()
     if not _matches(arrays, spec):

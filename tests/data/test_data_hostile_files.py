@@ -62,3 +62,17 @@ def test_another_dataset_folder_of_the_same_format_is_not_resumed(tmp_path):
     run_recipe(recipe, data=str(tmp_path / "a"), **kwargs)
     with pytest.raises(ConfigError, match="holds a run of another"):
         run_recipe(recipe, data=str(tmp_path / "b"), **kwargs)
+
+
+def test_a_cached_copy_that_fails_its_check_is_rebuilt(tmp_path, monkeypatch):
+    from deepshrink.data import cache
+
+    monkeypatch.setattr(cache, "cache_dir", lambda: tmp_path)
+    spec = {"y": (np.dtype(np.int64), (4,))}
+    good = {"y": np.arange(4, dtype=np.int64)}
+    cache.cached_arrays("k", lambda: good, spec)
+    with np.load(tmp_path / "k.npz") as z:
+        assert z["y"].tolist() == [0, 1, 2, 3]
+    np.savez(tmp_path / "k.npz", y=np.arange(4, dtype=np.int64) + 7)  # right keys, dtypes, shapes; bad labels
+    got = cache.cached_arrays("k", lambda: good, spec, valid=lambda a: int(a["y"].max()) <= 9)
+    assert got["y"].tolist() == [0, 1, 2, 3]
