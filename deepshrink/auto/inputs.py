@@ -7,8 +7,8 @@ import json
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from torch import nn

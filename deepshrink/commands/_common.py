@@ -67,3 +67,11 @@ def model_args_type(text: str) -> str:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"hidden\": [200, 50]}'")
     return text
+
+
+def check_val_fraction(value: float) -> None:
+    """ConfigError unless ``--val-fraction`` is in (0, 1) (checked before any data is loaded or trained)."""
+    from deepshrink.core.errors import ConfigError
+
+    if not 0 < value < 1:
+        raise ConfigError(f"--val-fraction: the validation fraction must be in (0, 1), got {value}")

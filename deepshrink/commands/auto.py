@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from deepshrink.commands._common import EXIT_ERROR, EXIT_OK, console
+from deepshrink.commands._common import EXIT_ERROR, EXIT_OK, check_val_fraction, console
 
 
 def _parse_bytes(text: str) -> int:
@@ -53,10 +53,7 @@ def cmd_auto(args: argparse.Namespace) -> int:
     base = AutoConfig(max_drop_pt=1.0)
     try:  # every option value is checked here, before any work: a bad one is a usage error (exit 2)
         cfg = _config(args, base)
-        if not 0 < args.val_fraction < 1:
-            raise ConfigError(f"--val-fraction: the validation fraction must be in (0, 1), got {args.val_fraction}")
-    except UsageError:
-        raise
+        check_val_fraction(args.val_fraction)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     out = ensure_dir(args.out)

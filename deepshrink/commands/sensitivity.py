@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from deepshrink.commands._common import EXIT_OK, console, seed_arg
+from deepshrink.commands._common import EXIT_OK, check_val_fraction, console, seed_arg
 
 
 def _numbers(text: str, what: str, kind: type) -> tuple:
@@ -38,16 +38,15 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     from deepshrink.measure.accuracy import evaluate
     from deepshrink.sensitivity import scan, write_sensitivity
     from deepshrink.core.errors import ConfigError, UsageError
-    from deepshrink.sensitivity.scan import _check_grid, check_settings
+    from deepshrink.sensitivity.scan import check_grid, check_settings
 
     try:  # bad option values are usage errors (exit 2)
         keeps = _floats(args.keeps, "--keeps")
         bits = _ints(args.bits, "--bits")
         ranks = _ints(args.ranks, "--ranks") if args.ranks else ()
-        _check_grid("kept fraction", keeps, 1e-6, 1.0)  # the values before the model is even built
-        _check_grid("bit width", bits, 1, 16, integer=True)
-        if not 0 < args.val_fraction < 1:
-            raise ConfigError(f"--val-fraction: the validation fraction must be in (0, 1), got {args.val_fraction}")
+        check_grid("kept fraction", keeps, 1e-6, 1.0)  # the values before the model is even built
+        check_grid("bit width", bits, 1, 16, integer=True)
+        check_val_fraction(args.val_fraction)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     layers = [n.strip() for n in args.layers.split(",") if n.strip()] if args.layers else None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,6 +124,6 @@ def dataset_digest(ds: Any) -> str:
 
 def data_digest(splits: Any) -> str:
     """A digest of a dataset's splits (``train``/``test`` attributes, or the fields of text splits)."""
-    parts = [dataset_digest(getattr(splits, name)) for name in ("train", "test", "calibration", "queries",
-                                                                  "corpus") if hasattr(splits, name)]
+    parts = [dataset_digest(getattr(splits, name)) for name in ("train", "test", "queries", "corpus")
+             if hasattr(splits, name)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]

@@ -64,7 +64,7 @@ def _build_mnist5k_arrays() -> Arrays:
 _MNIST5K_SPEC = {"x": (np.uint8, (5000, 784)), "y": (np.int64, (5000,))}
 
 
-def _labels_0_to_9(arrays: dict[str, np.ndarray]) -> bool:
+def _digit_arrays_ok(arrays: dict[str, np.ndarray]) -> bool:
     """A cached copy's labels are the ten digit classes and its inputs finite (else it is rebuilt)."""
     labels = [v for k, v in arrays.items() if k.startswith("y")]
     inputs = [v for k, v in arrays.items() if k.startswith("x") and np.issubdtype(v.dtype, np.floating)]
@@ -76,7 +76,7 @@ def _labels_0_to_9(arrays: dict[str, np.ndarray]) -> bool:
 @functools.lru_cache(maxsize=1)
 def mnist5k() -> DataSplits:
     """5,000 real MNIST digits, (1, 28, 28) in [0, 1]; stratified 4,000/1,000 split (400/100 per class)."""
-    raw = cached_arrays("mnist5k-v1", _build_mnist5k_arrays, _MNIST5K_SPEC, valid=_labels_0_to_9)
+    raw = cached_arrays("mnist5k-v1", _build_mnist5k_arrays, _MNIST5K_SPEC, valid=_digit_arrays_ok)
     x = raw["x"].reshape(-1, 1, 28, 28).astype(np.float32) / np.float32(255.0)
     y = raw["y"]
     tr, te = _stratified_split(y, test_size=1000)
@@ -183,7 +183,7 @@ def mnist1d() -> DataSplits:
     """MNIST-1D, published 4,000/1,000 split; samples (40,) float32 as published (zero mean, unit std)."""
     args = _mnist1d_args()
     raw = cached_arrays(_mnist1d_cache_key(args), lambda: _generate_mnist1d(args), _mnist1d_spec(args),
-                        valid=_labels_0_to_9)
+                        valid=_digit_arrays_ok)
     return make_splits(
         "mnist1d",
         raw["x"],

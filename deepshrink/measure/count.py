@@ -133,7 +133,8 @@ def _unique_entries(model: nn.Module) -> Iterator[_Entry]:
     for module in model.modules():
         for entry in _own_entries(module):
             ident = entry.identity or entry.stored
-            if all(id(t) in seen for t in ident) or (not entry.identity and any(id(t) in seen for t in ident)):
+            seen_ids = [id(t) in seen for t in ident]
+            if all(seen_ids) if entry.identity else any(seen_ids):  # a tie, or a parametrization's original
                 continue
             seen.update(id(t) for t in (*ident, *entry.stored))
             alive.append((*ident, *entry.stored))

@@ -419,13 +419,11 @@ def _preflight(recipe: S.Recipe, model: nn.Module, lines: LineMap | None, source
 
 def _execute(run: _Run, state: ops.RunState, folder: Path, names: list[str], splits: Any,
              eval_fn: Callable[[nn.Module], float] | None, pretrained: bool, latency: bool,
-             lines: LineMap | None, source: str | None, spec_name: str, written: Path | None = None) -> RunResult:
+             lines: LineMap | None, source: str | None, spec_name: str, written: Path) -> RunResult:
     """The stages in order, resuming after those done. ``folder`` holds the run (state, artifacts to resume
     from); ``written`` is where this process writes its artifacts (``folder``, or a scratch folder on the
     ranks of a torchrun job other than rank 0)."""
     from deepshrink.report.run import record_stage
-
-    written = written or folder
 
     recipe = run.recipe
     scorer = None
@@ -520,7 +518,7 @@ def _execute(run: _Run, state: ops.RunState, folder: Path, names: list[str], spl
         last = entry
         run.save_state()
         ckpt = state.checkpoint(name)
-        if ckpt is not None:
+        if ckpt is not None and run.writes:  # rank 0's file: the other ranks of a torchrun job only read it
             with contextlib.suppress(OSError):
                 ckpt.unlink()
         if record is not None:

@@ -186,11 +186,12 @@ def _check_hist(hist: Any, where: str) -> None:
     """ConfigError unless ``hist`` is a histogram record the plots can draw (``weight_histogram``'s form)."""
     if hist is None:
         return
-    need = {"spikes": ("values", "counts", "nonzeros"), "bins": ("edges", "counts", "nonzeros")}
-    kind = hist.get("kind") if isinstance(hist, Mapping) else None
-    if kind in (None, "empty") and isinstance(hist, Mapping):
-        return
-    missing = [k for k in need.get(kind, ()) if k not in hist] if kind in need else ["kind"]
+    if not isinstance(hist, Mapping):
+        raise ConfigError(f"run report: {where} is not a dict")
+    need = {None: (), "empty": (), "spikes": ("values", "counts", "nonzeros"), "bins": ("edges", "counts", "nonzeros")}
+    if hist.get("kind") not in need:
+        raise ConfigError(f"run report: {where} has an unknown kind {hist.get('kind')!r}")
+    missing = [k for k in need[hist.get("kind")] if k not in hist]
     if missing:
         raise ConfigError(f"run report: {where} lacks {', '.join(missing)}")
 

@@ -105,7 +105,7 @@ def weight_layers(model: nn.Module, layers: Sequence[str] | None = None) -> dict
     return {n: found[n] for n in layers}
 
 
-def _check_grid(name: str, values: Sequence[float], lo: float, hi: float, *, integer: bool = False) -> None:
+def check_grid(name: str, values: Sequence[float], lo: float, hi: float, *, integer: bool = False) -> None:
     """ConfigError unless ``values`` is a list of numbers in [lo, hi] (integers when ``integer``)."""
     if isinstance(values, (str, bytes)):
         raise ConfigError(f"sensitivity: the {name}s must be a list of numbers, got {values!r}")
@@ -125,8 +125,8 @@ def check_settings(model: nn.Module, *, layers: Sequence[str] | None = None,
                    ranks: Sequence[int] = ()) -> dict[str, nn.Module]:
     """Check a scan's settings against ``model`` (trained or not: only names and shapes matter) and return the
     layers it scans; ConfigError naming the bad value. ``scan`` calls it; the CLI calls it before training."""
-    _check_grid("kept fraction", keeps, 1e-6, 1.0)
-    _check_grid("bit width", bits, 1, 16, integer=True)
+    check_grid("kept fraction", keeps, 1e-6, 1.0)
+    check_grid("bit width", bits, 1, 16, integer=True)
     if any(isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < 1 for r in ranks):
         raise ConfigError(f"sensitivity: ranks must be positive integers, got {list(ranks)}")
     if not (len(keeps) or len(bits) or len(ranks)):

@@ -113,7 +113,7 @@ def is_initialized() -> bool:
 
 def is_main_process() -> bool:
     """True outside a distributed job and on rank 0 inside one: the process that writes files."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return not is_initialized() or dist.get_rank() == 0
 
 
 def barrier(ctx: DistContext | None) -> None:

@@ -296,8 +296,9 @@ class Trainer:
 
     def _settings(self, data: Dataset | DataLoader, loader: DataLoader, params: list[nn.Parameter],
                   ctx: DistContext | None) -> dict[str, int]:
-        """What a checkpoint must match to be resumed, and every rank must share: the training settings, the
-        data size, the batches per epoch, the process count and the model's parameter count (as integers)."""
+        """What every rank must share, as integers: a digest of the training settings, the data size, the
+        parameter count, the batches per epoch and the epochs. A checkpoint must match the first three to be
+        resumed (more epochs extend a run; the batches per epoch follow the process count)."""
         plain = (int, float, str, bool, type(None))
         fields = {k: v for k, v in asdict(self.cfg).items()  # more epochs may extend a run; callables vary by process
                   if k != "epochs" and (isinstance(v, plain) or isinstance(v, tuple) and all(

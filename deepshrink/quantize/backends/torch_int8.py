@@ -98,7 +98,7 @@ def check_float32(model: nn.Module) -> None:
             raise ModelError(f"{name} is {t.dtype}: int8 conversion takes a float32 model (model.float() first)")
 
 
-def check_runs(converted: Any, reference: nn.Module, batch: torch.Tensor, what: str) -> None:
+def check_converted(converted: Any, reference: nn.Module, batch: torch.Tensor, what: str) -> None:
     """ModelError unless the converted model runs on a calibration batch and returns what the float model
     does (the same kind of output, tensors of the same shapes)."""
     with torch.no_grad():
@@ -318,7 +318,7 @@ def to_int8(model: nn.Module, calibration_data: Any = None, *, mode: str = "stat
                 raise ModelError(f"no dynamic int8 kernel for: {', '.join(fallbacks)}")
             out = tq.quantize_dynamic(copy.deepcopy(float_model), {nn.Linear}, dtype=torch.qint8)
             if calibration_data is not None:  # an example to check the converted model on
-                check_runs(out, float_model, _calib_batches(calibration_data, 1)[0], "dynamic")
+                check_converted(out, float_model, _calib_batches(calibration_data, 1)[0], "dynamic")
             return Int8Model(out, "dynamic", fallbacks)
         fallbacks = _fallbacks(float_model, INT_KERNEL_TYPES)
         if strict and fallbacks:
@@ -328,7 +328,7 @@ def to_int8(model: nn.Module, calibration_data: Any = None, *, mode: str = "stat
         if graph in ("auto", "fx"):
             try:
                 fx = _fx_static(copy.deepcopy(float_model), qc, batches)
-                check_runs(fx, float_model, batches[0], "FX")  # e.g. a view of a channels-last int8 output
+                check_converted(fx, float_model, batches[0], "FX")  # e.g. a view of a channels-last int8 output
                 return Int8Model(fx, "fx", fallbacks)
             except DataError:
                 raise
@@ -343,7 +343,7 @@ def to_int8(model: nn.Module, calibration_data: Any = None, *, mode: str = "stat
         except Exception as exc:  # e.g. a forward that reads a wrapped layer's .weight
             raise ModelError(f"eager int8 conversion cannot quantize {type(model).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-        check_runs(eager, float_model, batches[0], "eager")
+        check_converted(eager, float_model, batches[0], "eager")
         return Int8Model(eager, "eager", fallbacks)
 
 
