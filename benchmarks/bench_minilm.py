@@ -46,7 +46,7 @@ from deepshrink.transformers import (  # noqa: E402
     prune_ffn, prune_heads, quantize_linears, structure, tokenize,
 )
 from deepshrink.transformers.inductor import FFN_OUT, compile_int8, trim_padding  # noqa: E402
-from deepshrink.transformers.int8 import Int8Linear, quantize_int8  # noqa: E402
+from deepshrink.transformers.int8 import LN_INPUTS, Int8Linear, quantize_int8  # noqa: E402
 
 
 @dataclass
@@ -114,6 +114,11 @@ DS_CONFIGS: dict[str, dict[str, Any]] = {
     # holds its longest sentence instead of the fixed 128 (compare with "fp32 PyTorch, padding trimmed")
     "ds inductor int8 + SmoothQuant 0.5 + int8 emb, length buckets": {"emb": "int8", "backend": "inductor",
                                                                       "smooth": 0.5, "buckets": True},
+    # the same, but query/key/value and the FFN up-projection (the Linears reading a LayerNorm output) take a
+    # uint8 input with one range calibrated on the training text (its largest values): compiled, that
+    # quantization fuses into the LayerNorm and the FFN's bias + GELU into its oneDNN kernel
+    "ds inductor int8 + SmoothQuant 0.5 + static LN inputs + int8 emb": {"emb": "int8", "backend": "inductor",
+                                                                        "smooth": 0.5, "static_ln": True},
     "ds inductor int8 + int8 emb": {"emb": "int8", "backend": "inductor"},
     # the shipped recipe recipes/minilm_int8.yaml: 7-bit codes pinned (the default on CPUs without VNNI)
     "ds inductor int8 (7-bit) + SmoothQuant 0.5 + int8 emb": {"emb": "int8", "backend": "inductor", "smooth": 0.5,
@@ -121,6 +126,11 @@ DS_CONFIGS: dict[str, dict[str, Any]] = {
     # the same int8 model as the first row (quantize_int8 + SmoothQuant 0.5, saved and loaded), exported to ONNX
     # (per-token QuantizeLinear + MatMulInteger with its int8 codes) and run by ONNX Runtime
     "ds int8 + SmoothQuant 0.5 + int8 emb, ONNX Runtime": {"emb": "int8", "backend": "ort-int8", "smooth": 0.5},
+    # uint8 activations through torch.export + X86InductorQuantizer (the float model, SmoothQuant not used):
+    # one range per call, or ranges calibrated on the training text. Every Linear is one oneDNN kernel with its
+    # bias/GELU fused and no per-token quantization work: the fastest integer path torch has on this CPU
+    "ds inductor uint8 per-tensor + int8 emb": {"emb": "int8", "backend": "inductor", "activations": "per-tensor"},
+    "ds inductor uint8 static + int8 emb": {"emb": "int8", "backend": "inductor", "activations": "static"},
     "ds int8 (FFN-out fp32) + int8 emb": {"emb": "int8", "skip": ("ffn_out",)},
     "ds heads 25% + FFN 25% + distill, int8": {"heads": 0.25, "ffn": 0.25, "distill": True, "emb": "int8"},
     "ds heads 25% + FFN 50% + distill, int8": {"heads": 0.25, "ffn": 0.5, "distill": True, "emb": "int8"},
@@ -135,6 +145,15 @@ ORT_TRIMMED = "ONNX Runtime dynamic int8 per-channel, padding trimmed"
 QUICK_CONFIGS = ["ds inductor int8 + SmoothQuant 0.5 + int8 emb", "ds int8 (FFN-out fp32) + int8 emb"]
 
 
+def calib_like(calib: list, example: tuple) -> list:
+    """The calibration rows re-cut to the example's shape (static uint8 ranges are calibrated on batches of
+    the compiled shape): columns padded with id 0 / mask 0, rows regrouped, a last partial batch dropped."""
+    b, n = example[0].shape
+    ids = torch.cat([torch.nn.functional.pad(i[:, :n], (0, max(n - i.shape[1], 0))) for i, _ in calib])
+    mask = torch.cat([torch.nn.functional.pad(m[:, :n], (0, max(n - m.shape[1], 0))) for _, m in calib])
+    return [(ids[k:k + b], mask[k:k + b]) for k in range(0, len(ids) - b + 1, b)]
+
+
 def build_inductor(name: str, model: torch.nn.Module, spec: dict[str, Any], lat_example: tuple, calib: list,
                    stem: Path, threads: int, note: str) -> Candidate:
     """Inductor int8 at the latency shape. Per-token (the default): ``quantize_int8`` (SmoothQuant maxima from
@@ -147,13 +166,13 @@ def build_inductor(name: str, model: torch.nn.Module, spec: dict[str, Any], lat_
     path = stem.with_suffix(".dsa")
     t0 = time.time()
     if activations != "per-token":
-        enc = compile_int8(model, lat_example, skip=skip, activations=activations, calibration=calib,
-                           threads=threads)
+        enc = compile_int8(model, lat_example, skip=skip, activations=activations,
+                           calibration=calib_like(calib, lat_example), threads=threads)
         art = deepshrink.save(model, path)
         note += f"; compile {time.time() - t0:.0f}s; bytes: deepshrink artifact (float Linears)"
         return Candidate(name, enc, art.nbytes, note)
     qmodel = quantize_int8(model, calibration=calib, smooth=spec.get("smooth"), skip=skip,
-                           weight_bits=spec.get("bits"))
+                           weight_bits=spec.get("bits"), static_inputs=[LN_INPUTS] if spec.get("static_ln") else [])
     art = deepshrink.save(qmodel, path)
     bits = sorted({m.bits for m in qmodel.modules() if isinstance(m, Int8Linear)})
     t1 = time.time()

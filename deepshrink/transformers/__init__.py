@@ -18,7 +18,7 @@ from deepshrink.transformers.embedding import (
     CodebookEmbedding, Int8Embedding, check_known, compress_embedding, prune_vocabulary, used_token_ids,
 )
 from deepshrink.transformers.inductor import FFN_OUT, CompiledEncoder, compile_int8, smooth_linears
-from deepshrink.transformers.int8 import Int8Linear, quantize_int8
+from deepshrink.transformers.int8 import LN_INPUTS, Int8Linear, quantize_int8
 from deepshrink.transformers.model import (
     SentenceEncoder, bert_layers, build_encoder, encode, load_encoder, load_minilm, load_tokenizer, mean_pool,
     minilm_path, tokenize,
@@ -31,7 +31,7 @@ from deepshrink.transformers.quant import onnx_matmul_nodes, ort_fuse, ort_quant
 
 __all__ = [
     "FFN_OUT", "CodebookEmbedding", "CompiledEncoder", "DistillConfig", "Int8Embedding", "Int8Linear", "SentenceEncoder", "bert_layers", "build_encoder",
-    "check_known", "compile_int8", "compress_embedding", "distill", "drop_layers", "encode", "ffn_importance", "head_contribution",
+    "LN_INPUTS", "check_known", "compile_int8", "compress_embedding", "distill", "drop_layers", "encode", "ffn_importance", "head_contribution",
     "head_importance", "load_encoder", "load_minilm", "load_tokenizer", "mean_pool", "minilm_path",
     "onnx_matmul_nodes", "ort_fuse", "ort_quantize", "prune_ffn", "prune_heads", "prune_layer_ffn", "prune_layer_heads",
     "prune_vocabulary", "quantize_int8", "quantize_linears", "smooth_linears", "structure", "tokenize", "used_token_ids",

@@ -163,7 +163,8 @@ ACTIVATIONS = ("per-token", "per-tensor", "static")
 def compile_int8(encoder: nn.Module, example: tuple[torch.Tensor, torch.Tensor], *, skip: Sequence[str] = (),
                  activations: str = "per-token", calibration: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
                  smooth: float | None = None, reduce_range: bool = False, weight_bits: int | None = None,
-                 threads: int | None = None, lengths: Sequence[int] | None = None) -> CompiledEncoder:
+                 threads: int | None = None, lengths: Sequence[int] | None = None,
+                 static_inputs: Sequence[str] = ()) -> CompiledEncoder:
     """int8 copy of ``encoder`` compiled for ``example``'s batch size and lengths up to its sequence length
     (``(input_ids, attention_mask)``, e.g.
     ``tokenize(tok, sentences, pad_to=128)``); the encoder itself is not modified.
@@ -184,6 +185,9 @@ def compile_int8(encoder: nn.Module, example: tuple[torch.Tensor, torch.Tensor],
     static shape, as the uint8 schemes, whose exported graph has the example's shape): each batch runs at the
     shortest one that holds its longest sentence, compiled when first needed (``CompiledEncoder.warm()``
     compiles them all).
+
+    ``static_inputs`` (per-token scheme): regexes of Linears whose input gets one calibrated uint8 range
+    instead of a scale per token (``quantize_int8``; e.g. ``[LN_INPUTS]``), from ``calibration``.
 
     An encoder that already holds ``Int8Linear`` layers (``quantize_int8``, or ``deepshrink.load`` of its
     artifact) is compiled with exactly its codes and scales (per-token activations); its float Linears stay
@@ -208,6 +212,9 @@ def compile_int8(encoder: nn.Module, example: tuple[torch.Tensor, torch.Tensor],
     vocab = len(token_map) if token_map is not None else getattr(getattr(encoder, "config", None), "vocab_size", None)
     held = int8_linear_names(encoder)
     if held:
+        if static_inputs:
+            raise ConfigError(f"{type(encoder).__name__} holds Int8Linear layers (quantize_int8): static_inputs "
+                              "were fixed when it was quantized")
         skipped = _check_held(encoder, held, activations, smooth, reduce_range, weight_bits, skip)
         check_finite(encoder)
         compiled = compile_int8_linears(float_copy(encoder), (ids, mask), threads)
@@ -218,6 +225,9 @@ def compile_int8(encoder: nn.Module, example: tuple[torch.Tensor, torch.Tensor],
         raise DataError("static int8 needs calibration batches")
     if smooth is not None and activations != "per-token":
         raise ConfigError("smooth applies to the per-token scheme")
+    if static_inputs and activations != "per-token":
+        raise ConfigError("static_inputs applies to the per-token scheme (activations='static' makes every input "
+                          "static)")
     for i, (b_ids, _) in enumerate(batches if activations == "static" else []):
         if b_ids.shape != ids.shape:
             raise DataError(f"calibration batch {i} has shape {tuple(b_ids.shape)}, the example "
@@ -228,7 +238,8 @@ def compile_int8(encoder: nn.Module, example: tuple[torch.Tensor, torch.Tensor],
     weight_bits = default_weight_bits(weight_bits)
     quantized, skipped = linear_names(encoder, skip)
     if activations == "per-token":
-        model = quantize_int8(encoder, calibration=batches, smooth=smooth, weight_bits=weight_bits, skip=skip)
+        model = quantize_int8(encoder, calibration=batches, smooth=smooth, weight_bits=weight_bits, skip=skip,
+                              static_inputs=static_inputs)
         compiled = compile_int8_linears(model, (ids, mask), threads)
     else:
         compiled = compile_pt2e(float_copy(encoder), (ids, mask), batches, dynamic=dynamic,
@@ -283,10 +294,42 @@ def _check_held(encoder: nn.Module, held: list[str], activations: str, smooth: f
     return floats
 
 
+class StaticInt8Linear(nn.Module):
+    """An ``Int8Linear`` with a static input range as the pt2e reference pattern (``quantize_per_tensor`` /
+    ``dequantize_per_tensor`` of the input, ``dequantize_per_channel`` of the int8 codes, ``linear``), which
+    Inductor's freezing passes lower to one oneDNN ``qlinear_pointwise`` (bias and a following GELU fused),
+    with the quantization fused into the kernel that made the input. Compile-only: its maths are
+    ``Int8Linear``'s static path."""
+
+    def __init__(self, q: Int8Linear, inv_scale: torch.Tensor | None) -> None:
+        super().__init__()
+        import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers torch.ops.quantized_decomposed)
+
+        from deepshrink.transformers.int8 import static_qparams
+
+        self.register_buffer("codes", q.codes.detach().clone())
+        self.register_buffer("scale", q.scale.detach().clone())
+        self.register_buffer("zeros", torch.zeros(q.out_features, dtype=torch.int64, device=q.codes.device))
+        self.register_buffer("bias", None if q.bias is None else q.bias.detach().clone())
+        self.inv_scale = inv_scale  # one tensor per distinct divisor: query/key/value share one quantization
+        self.step, self.zero = static_qparams(q.act_qparams)
+        self.qmin, self.qmax = -(2 ** (q.bits - 1)), 2 ** (q.bits - 1) - 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qd = torch.ops.quantized_decomposed
+        if self.inv_scale is not None:
+            x = x * self.inv_scale
+        xq = qd.quantize_per_tensor.default(x, self.step, self.zero, 0, 255, torch.uint8)
+        xd = qd.dequantize_per_tensor.default(xq, self.step, self.zero, 0, 255, torch.uint8)
+        w = qd.dequantize_per_channel.default(self.codes, self.scale, self.zeros, 0, self.qmin, self.qmax,
+                                              torch.int8)
+        return nn.functional.linear(xd, w, self.bias)
+
+
 def compile_int8_linears(model: nn.Module, example: tuple[torch.Tensor, ...], threads: int | None) -> Any:
     """Compile (in place) a model's ``Int8Linear`` layers as torchao int8 weights + per-token dynamic int8
-    activations, with freezing (Inductor lowers the pattern to oneDNN ``qlinear_pointwise``), on one call
-    with ``example``. Each layer's ``codes`` and ``scale`` become the ``Int8Tensor``'s ``qdata`` and
+    activations (static-input layers as ``StaticInt8Linear``), with freezing (Inductor lowers both patterns to
+    oneDNN ``qlinear_pointwise``), on one call with ``example``. Each layer's ``codes`` and ``scale`` become the ``Int8Tensor``'s ``qdata`` and
     ``scale`` exactly; a SmoothQuant divisor becomes a ``SmoothedLinear`` multiply, one tensor per distinct
     divisor so query/key/value share one fused quantization."""
     import warnings
@@ -302,6 +345,17 @@ def compile_int8_linears(model: nn.Module, example: tuple[torch.Tensor, ...], th
     if not layers:
         raise ModelError(f"{type(model).__name__} has no Int8Linear layer to compile")
     shared: dict[tuple[int, bytes], torch.Tensor] = {}
+
+    def one(inv: torch.Tensor) -> torch.Tensor:
+        key = (inv.numel(), inv.detach().cpu().numpy().tobytes())
+        return shared.setdefault(key, inv.detach().clone())
+
+    static = {n: q for n, q in layers.items() if q.act_qparams is not None}
+    for name, q in static.items():
+        parent, _, child = name.rpartition(".")
+        setattr(modules[parent] if parent else model, child,
+                StaticInt8Linear(q, None if q.inv_scale is None else one(q.inv_scale)))
+    layers = {n: q for n, q in layers.items() if n not in static}
     with torch.no_grad():
         for name, q in layers.items():  # float placeholders, quantized by torchao below
             lin = nn.Linear(q.in_features, q.out_features, bias=q.bias is not None)
@@ -323,12 +377,10 @@ def compile_int8_linears(model: nn.Module, example: tuple[torch.Tensor, ...], th
                 w.qdata.copy_(q.codes)
                 w.scale.copy_(q.scale.reshape(w.scale.shape).to(w.scale.dtype))
                 if q.inv_scale is not None:
-                    key = (q.inv_scale.numel(), q.inv_scale.detach().cpu().numpy().tobytes())
-                    inv = shared.setdefault(key, q.inv_scale.detach().clone())
                     parent, _, child = name.rpartition(".")
-                    setattr(modules[parent] if parent else model, child, SmoothedLinear(lin, inv))
+                    setattr(modules[parent] if parent else model, child, SmoothedLinear(lin, one(q.inv_scale)))
         return compile_frozen(model, example, threads, dynamic=False)
 
 
-__all__ = ["ACTIVATIONS", "FFN_OUT", "CompiledEncoder", "SmoothedLinear", "compile_int8", "compile_int8_linears",
+__all__ = ["ACTIVATIONS", "FFN_OUT", "CompiledEncoder", "SmoothedLinear", "StaticInt8Linear", "compile_int8", "compile_int8_linears",
            "default_lengths", "linear_names", "padded_extent", "quantize_int8", "smooth_linears", "trim_padding"]

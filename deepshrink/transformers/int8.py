@@ -29,6 +29,9 @@ from deepshrink.core.errors import ConfigError, DataError, ModelError
 
 # every FFN down-projection (``bert.encoder.layer.<i>.output.dense``)
 FFN_OUT = r"encoder\.layer\.\d+\.output\.dense$"
+# the Linears that read a LayerNorm output (query/key/value and the FFN up-projection): their inputs are
+# bounded and alike from token to token, so one calibrated range loses little (static_inputs=[LN_INPUTS])
+LN_INPUTS = r"attention\.self\.(query|key|value)$|intermediate\.dense$"
 WEIGHT_BITS = (7, 8)
 ACT_QMAX = 127.5  # torchao's symmetric int8 scale divisor: (quant_max - quant_min) / 2
 
@@ -50,6 +53,45 @@ def per_token_matmul(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, 
     mm = torch.float64 if wide else torch.float32
     acc = (q.to(mm) @ codes.to(mm).t()).float()
     return acc * s * scale
+
+
+def static_qparams(qparams: torch.Tensor) -> tuple[float, int]:
+    """``(scale, zero_point)`` of a static uint8 input as Python numbers (what the compiled kernel bakes in)."""
+    return float(qparams[0]), int(qparams[1])
+
+
+def static_matmul(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, s: float, zp: int,
+                  bits: int = 8) -> torch.Tensor:
+    """``x`` quantized to uint8 with one calibrated range (step ``s``, zero point ``zp``; PyTorch's
+    ``quantize_per_tensor`` formula ``clamp(round(x * (1 / s)) + zp, 0, 255)``, as in the compiled graph),
+    minus ``zp``, times the ``bits``-bit ``codes`` exactly, times ``s`` and the row scales."""
+    q = torch.clamp(torch.round(x.float() * (1.0 / s)) + zp, 0, 255) - zp
+    wide = 256 * 2 ** (bits - 1) * codes.shape[1] >= 2**24  # a float32 sum could round
+    mm = torch.float64 if wide else torch.float32
+    acc = (q.to(mm) @ codes.to(mm).t()).float()
+    return acc * s * scale
+
+
+class _StaticMatmul(torch.autograd.Function):
+    """``static_matmul`` that the TorchScript ONNX exporter writes as ``QuantizeLinear`` (one scale and zero
+    point), ``MatMulInteger`` with the int8 codes, then both scales in float."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, s: float, zp: int,
+                bits: int) -> torch.Tensor:
+        return static_matmul(x, codes, scale, s, zp, bits)
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, codes: Any, scale: Any, s: float, zp: int, bits: int) -> Any:
+        from torch.onnx import symbolic_helper
+
+        if symbolic_helper.GLOBALS.export_onnx_opset_version < 13:
+            raise ModelError("int8 Linear layers export at ONNX opset 13 or higher (per-token QuantizeLinear)")
+        s_t = g.op("Constant", value_t=torch.tensor(s, dtype=torch.float32))
+        zp_t = g.op("Constant", value_t=torch.tensor(zp, dtype=torch.uint8))
+        q = g.op("QuantizeLinear", g.op("Cast", x, to_i=1), s_t, zp_t)  # uint8 = round(x / s) + zp, saturated
+        acc = g.op("MatMulInteger", q, g.op("Transpose", codes, perm_i=[1, 0]), zp_t)
+        return g.op("Mul", g.op("Mul", g.op("Cast", acc, to_i=1), s_t), scale)
 
 
 class _PerTokenMatmul(torch.autograd.Function):
@@ -103,13 +145,15 @@ class Int8Linear(nn.Module):
 
     Buffers: ``codes`` int8 ``[out, in]`` within the signed ``bits`` range, ``scale`` float32 ``[out]``,
     ``bias`` float32 ``[out]`` (optional), ``inv_scale`` float32 ``[in]`` (optional: the SmoothQuant input
-    divisor, already folded into the codes). The integer matmul runs in float32 (exact: every partial sum
-    stays under 2^24) or float64 when the layer is wide enough for that to fail."""
+    divisor, already folded into the codes), ``act_qparams`` float32 ``[2]`` (optional, ``static``: the input
+    is quantized to uint8 with this calibrated step and zero point instead of per token; ``calibrate_static``).
+    The integer matmul runs in float32 (exact: every partial sum stays under 2^24) or float64 when the layer is
+    wide enough for that to fail."""
 
     deepshrink_weight_buffers = ("codes", "bias")  # counted as parameters (deepshrink.measure.count)
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True, bits: int = 7,
-                 smoothed: bool = False) -> None:
+                 smoothed: bool = False, static: bool = False) -> None:
         super().__init__()
         for what, n in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -119,6 +163,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale", torch.ones(out_features))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self.register_buffer("inv_scale", torch.ones(in_features) if smoothed else None)
+        self.register_buffer("act_qparams", torch.tensor([1.0, 0.0]) if static else None)
 
     @property
     def deepshrink_int_codes(self) -> dict[str, int]:
@@ -160,7 +205,11 @@ class Int8Linear(nn.Module):
         dtype = x.dtype
         if self.inv_scale is not None:
             x = x * self.inv_scale
-        if torch.onnx.is_in_onnx_export():
+        if self.act_qparams is not None:
+            s, zp = static_qparams(self.act_qparams)
+            matmul = _StaticMatmul.apply if torch.onnx.is_in_onnx_export() else static_matmul
+            y = matmul(x, self.codes, self.scale, s, zp, self.bits)
+        elif torch.onnx.is_in_onnx_export():
             y = _PerTokenMatmul.apply(x, self.codes, self.scale, self.bits)
         else:
             y = per_token_matmul(x, self.codes, self.scale, self.bits)
@@ -170,7 +219,8 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
-                f"bias={self.bias is not None}, smoothed={self.inv_scale is not None}")
+                f"bias={self.bias is not None}, smoothed={self.inv_scale is not None}, "
+                f"static={self.act_qparams is not None}")
 
 
 def int8_linear_names(model: nn.Module) -> list[str]:
@@ -179,8 +229,9 @@ def int8_linear_names(model: nn.Module) -> list[str]:
 
 
 def int8_record(model: nn.Module) -> list[list[Any]]:
-    """JSON record of the Int8Linear layers for an architecture record: ``[name, bits, smoothed, bias]``."""
-    return [[n, m.bits, m.inv_scale is not None, m.bias is not None]
+    """JSON record of the Int8Linear layers for an architecture record: ``[name, bits, smoothed, bias]``, and
+    ``static`` (a fifth entry, only when true: records of per-token layers read as before)."""
+    return [[n, m.bits, m.inv_scale is not None, m.bias is not None] + ([True] if m.act_qparams is not None else [])
             for n, m in model.named_modules() if isinstance(m, Int8Linear)]
 
 
@@ -191,14 +242,16 @@ def install_int8_record(model: nn.Module, record: Any) -> nn.Module:
         raise ModelError(f"int8_linears must be a list of [name, bits, smoothed, bias], got {type(record).__name__}")
     modules = dict(model.named_modules())
     for entry in record:
-        if not (isinstance(entry, list) and len(entry) == 4 and isinstance(entry[0], str)
-                and isinstance(entry[2], bool) and isinstance(entry[3], bool)):
-            raise ModelError(f"malformed int8_linears entry {entry!r}: expected [name, bits, smoothed, bias]")
-        name, bits, smoothed, bias = entry
+        if not (isinstance(entry, list) and len(entry) in (4, 5) and isinstance(entry[0], str)
+                and all(isinstance(v, bool) for v in entry[2:])):
+            raise ModelError(f"malformed int8_linears entry {entry!r}: expected [name, bits, smoothed, bias] "
+                             "or [name, bits, smoothed, bias, static]")
+        name, bits, smoothed, bias = entry[:4]
+        static = len(entry) == 5 and entry[4]
         lin = modules.get(name)
         if not isinstance(lin, nn.Linear):
             raise ModelError(f"int8_linears: {name!r} is not a Linear layer of the model")
-        new = Int8Linear(lin.in_features, lin.out_features, bias=bias, bits=bits, smoothed=smoothed)
+        new = Int8Linear(lin.in_features, lin.out_features, bias=bias, bits=bits, smoothed=smoothed, static=static)
         parent, _, child = name.rpartition(".")
         setattr(modules[parent] if parent else model, child, new)
         modules[name] = new
@@ -223,13 +276,13 @@ def linear_names(encoder: nn.Module, skip: Sequence[str] = ()) -> tuple[list[str
     return quantized, skipped
 
 
-def _patterns(skip: Sequence[str]) -> list[re.Pattern[str]]:
+def _patterns(skip: Sequence[str], what: str = "skip") -> list[re.Pattern[str]]:
     if isinstance(skip, str):
-        raise ConfigError("skip must be a list of regexes, not a single string")
+        raise ConfigError(f"{what} must be a list of regexes, not a single string")
     try:
         return [re.compile(p) for p in skip]
     except (re.error, TypeError) as exc:
-        raise ConfigError(f"skip: bad regex: {exc}") from None
+        raise ConfigError(f"{what}: bad regex: {exc}") from None
 
 
 class SmoothedLinear(nn.Module):
@@ -343,8 +396,69 @@ def float_copy(encoder: nn.Module) -> nn.Module:
     return model
 
 
+def _check_percentile(percentile: Any) -> float:
+    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 50 < percentile <= 100:
+        raise ConfigError(f"percentile must be a number in (50, 100], got {percentile!r}")
+    return float(percentile)
+
+
+@torch.no_grad()
+def calibrate_static(model: nn.Module, calibration: Sequence[tuple[torch.Tensor, torch.Tensor]], names: Sequence[str],
+                     percentile: float = 100.0) -> None:
+    """Make the named ``Int8Linear`` layers quantize their input to uint8 with one calibrated range (in place).
+
+    The model runs the ``calibration`` batches as it is (upstream layers already int8, so each range is the
+    deployed model's); per layer and batch, the ``100 - percentile`` and ``percentile`` percentiles of the
+    (SmoothQuant-divided) input over the real tokens, widened to hold 0, then the widest over all batches give
+    ``s = (hi - lo) / 255`` and ``zero_point = round(-lo / s)``."""
+    percentile = _check_percentile(percentile)
+    if not calibration:
+        raise DataError("static inputs need calibration batches (representative text, not the evaluation text)")
+    modules = dict(model.named_modules())
+    for n in names:
+        if not isinstance(modules.get(n), Int8Linear):
+            raise ModelError(f"calibrate_static: {n!r} is not an Int8Linear layer of the model")
+    lo: dict[str, float] = {}
+    hi: dict[str, float] = {}
+    tokens: list[torch.Tensor] = []
+
+    def hook(name: str) -> Any:
+        def record(m: Int8Linear, inputs: tuple[torch.Tensor, ...]) -> None:
+            x = inputs[0].detach().float()
+            if m.inv_scale is not None:
+                x = x * m.inv_scale
+            rows = x.reshape(-1, x.shape[-1])
+            if tokens and tokens[0].numel() == rows.shape[0]:
+                rows = rows[tokens[0]]
+            v = rows.reshape(-1)
+            if v.numel() > 2**24:  # torch.quantile's limit: an evenly strided sample
+                v = v[:: -(-v.numel() // 2**24)]
+            q = torch.quantile(v, torch.tensor([1 - percentile / 100, percentile / 100], device=v.device))
+            lo[name] = min(lo.get(name, 0.0), float(q[0]))
+            hi[name] = max(hi.get(name, 0.0), float(q[1]))
+        return record
+
+    handles = [modules[n].register_forward_pre_hook(hook(n)) for n in names]
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        for ids, mask in calibration:
+            tokens[:] = [mask.reshape(-1).to(device) != 0]
+            model(ids.to(device), mask.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+    for n in names:
+        if n not in hi:
+            raise DataError(f"calibrate_static: the calibration batches never reached {n!r}")
+        step = max(hi[n] - lo[n], 1e-8) / 255.0
+        zero = min(max(round(-lo[n] / step), 0), 255)
+        m = modules[n]
+        m.act_qparams = torch.tensor([step, float(zero)], device=m.codes.device)
+
+
 def quantize_int8(encoder: nn.Module, *, calibration: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
-                  smooth: float | None = None, weight_bits: int | None = None, skip: Sequence[str] = ()) -> nn.Module:
+                  smooth: float | None = None, weight_bits: int | None = None, skip: Sequence[str] = (),
+                  static_inputs: Sequence[str] = (), percentile: float = 100.0) -> nn.Module:
     """Copy of a float ``encoder`` whose Linears are ``Int8Linear`` (per-token int8 activations, per-row
     ``weight_bits`` codes; the encoder itself is not modified).
 
@@ -352,7 +466,12 @@ def quantize_int8(encoder: nn.Module, *, calibration: Sequence[tuple[torch.Tenso
     ``calibration`` (``(input_ids, attention_mask)`` batches of training text, never the evaluation text);
     folded into the codes, the input divisor kept as each layer's ``inv_scale``. ``weight_bits``: 7
     (default on CPUs without VNNI, where oneDNN's int16 pair sums saturate with 8-bit weights) or 8.
-    ``skip``: regexes of Linear names kept fp32 (e.g. ``[FFN_OUT]``). Save the result with
+    ``skip``: regexes of Linear names kept fp32 (e.g. ``[FFN_OUT]``). ``static_inputs``: regexes of
+    quantized Linears whose input is uint8 with one range calibrated on ``calibration`` instead of a scale
+    per token (``calibrate_static``; ``[LN_INPUTS]``: the Linears that read a LayerNorm output); compiled,
+    their quantization fuses into the LayerNorm before them and their bias and GELU into the oneDNN kernel.
+    ``percentile``: where their range is clipped; 100 (the default) keeps the largest value, as a clipped
+    range cuts BERT's outlier channels (MiniLM, 128 sentences: 99.99 gave cosine 0.96). Save the result with
     ``deepshrink.save`` (codes entropy-coded) and run it eagerly or through ``compile_int8``."""
     if not isinstance(encoder, nn.Module):
         raise ModelError(f"quantize_int8 needs a float nn.Module encoder, got {type(encoder).__name__}")
@@ -363,9 +482,13 @@ def quantize_int8(encoder: nn.Module, *, calibration: Sequence[tuple[torch.Tenso
         _check_alpha(smooth)
         if not batches:
             raise DataError("smoothing needs calibration batches (representative text, not the evaluation text)")
+    percentile = _check_percentile(percentile)
     bits = default_weight_bits(weight_bits)
     check_finite(encoder)
     quantized, _ = linear_names(encoder, skip)
+    static = _static_names(quantized, static_inputs)
+    if static and not batches:
+        raise DataError("static inputs need calibration batches (representative text, not the evaluation text)")
     model = float_copy(encoder)
     if smooth is not None:
         smooth_linears(model, batches, quantized, smooth)
@@ -375,8 +498,20 @@ def quantize_int8(encoder: nn.Module, *, calibration: Sequence[tuple[torch.Tenso
         lin, inv = (m.linear, m.inv_scale) if isinstance(m, SmoothedLinear) else (m, None)
         parent, _, child = name.rpartition(".")
         setattr(modules[parent] if parent else model, child, Int8Linear.from_float(lin, bits, inv))
+    if static:
+        calibrate_static(model, batches, static, percentile)
     return model
 
 
-__all__ = ["FFN_OUT", "Int8Linear", "SmoothedLinear", "install_int8_record", "int8_linear_names", "int8_record",
+def _static_names(quantized: list[str], patterns: Sequence[str]) -> list[str]:
+    """The quantized Linears that ``static_inputs`` patterns name; ConfigError for a pattern naming none."""
+    compiled = _patterns(patterns, "static_inputs")
+    for p in compiled:
+        if not any(p.search(n) for n in quantized):
+            raise ConfigError(f"static_inputs pattern {p.pattern!r} matches no quantized Linear layer "
+                              f"(e.g. {quantized[0]!r})")
+    return [n for n in quantized if any(p.search(n) for p in compiled)]
+
+
+__all__ = ["FFN_OUT", "LN_INPUTS", "Int8Linear", "SmoothedLinear", "calibrate_static", "install_int8_record", "int8_linear_names", "int8_record",
            "linear_names", "per_token_int8", "quantize_int8", "smooth_linears"]
