@@ -173,8 +173,9 @@ class PruneStage(StageBase):
 class QuantizeStage(StageBase):
     """Quantization (``deepshrink.quantize``): PTQ schemes, or QAT trained with ``train`` then frozen. For
     BERT-family sentence encoders: ``int8_per_token`` (int8 Linear codes, per-token activations, optional
-    SmoothQuant ``smooth`` alpha; ``compile: true`` scores the model as deployed, compiled by Inductor onto
-    oneDNN int8 kernels) and ``embedding`` (the word-embedding table as int8 or a k-means codebook;
+    SmoothQuant ``smooth`` alpha; ``static_inputs: true`` gives the Linears that read a LayerNorm one
+    calibrated uint8 input range instead of per-token scales, faster compiled; ``compile: true`` scores the
+    model as deployed, compiled by Inductor onto oneDNN int8 kernels) and ``embedding`` (the word-embedding table as int8 or a k-means codebook;
     ``scheme: none`` compresses only the table)."""
 
     kind: Literal["quantize"] = "quantize"
@@ -194,6 +195,7 @@ class QuantizeStage(StageBase):
     embedding: Literal["int8", "codebook"] | None = None
     embedding_bits: Bits = 4
     compile: bool = False
+    static_inputs: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> QuantizeStage:
@@ -205,9 +207,11 @@ class QuantizeStage(StageBase):
                             "exclude", "exclude_first", "exclude_last")
             if used:
                 raise ValueError(f"{used[0]}: not used by scheme int8_per_token (per-channel weights, per-token "
-                                 "activations; it takes bits, skip, smooth, calibration, compile and embedding)")
-            if self.smooth is None and _changed(self, "calibration"):
-                raise ValueError("calibration: scheme int8_per_token calibrates only for smooth (SmoothQuant)")
+                                 "activations; it takes bits, skip, smooth, static_inputs, calibration, compile "
+                                 "and embedding)")
+            if self.smooth is None and not self.static_inputs and _changed(self, "calibration"):
+                raise ValueError("calibration: scheme int8_per_token calibrates only for smooth (SmoothQuant) "
+                                 "or static_inputs")
             typed = [p for p in self.skip if p.startswith("type:")]
             if typed:
                 raise ValueError(f"skip: {typed[0]!r}: int8_per_token skips Linear layers by name (glob or re:)")
@@ -221,6 +225,9 @@ class QuantizeStage(StageBase):
         if self.embedding is not None and self.scheme not in ("int8_per_token", "none"):
             raise ValueError(f"embedding: the word-embedding table of a sentence encoder is compressed by scheme "
                              f"int8_per_token or none, not {self.scheme}")
+        if self.static_inputs and self.scheme != "int8_per_token":
+            raise ValueError("static_inputs: only scheme int8_per_token takes it (static uint8 inputs of the "
+                             "Linears that read a LayerNorm)")
         if self.compile and self.scheme != "int8_per_token":
             raise ValueError("compile: only scheme int8_per_token compiles (Inductor int8 kernels)")
         if self.scheme == "none" and self.embedding is None:

@@ -35,7 +35,8 @@ def calibration_needed(stage: Any) -> int:
     """How many calibration sentences ``stage`` reads (0: none)."""
     if isinstance(stage, S.PruneStage) and stage.method in S.TRANSFORMER_PRUNING:
         return stage.calibration
-    if isinstance(stage, S.QuantizeStage) and stage.scheme == "int8_per_token" and stage.smooth is not None:
+    if isinstance(stage, S.QuantizeStage) and stage.scheme == "int8_per_token" and (
+            stage.smooth is not None or stage.static_inputs):
         return stage.calibration
     return 0
 
@@ -148,12 +149,14 @@ def quantize(stage: S.QuantizeStage, state: RunState, name: str) -> None:
     if stage.embedding is not None:
         compress_embedding(state.model, stage.embedding, bits=stage.embedding_bits)
     if stage.scheme == "int8_per_token":
-        from deepshrink.transformers.int8 import quantize_int8
+        from deepshrink.transformers.int8 import LN_INPUTS, quantize_int8
 
         skip = [f"^(?:{S.pattern_regex(p)})$" for p in stage.skip]
-        calibration = text.calibration_batches(stage.calibration) if stage.smooth is not None else ()
+        calibrates = stage.smooth is not None or stage.static_inputs
+        calibration = text.calibration_batches(stage.calibration) if calibrates else ()
         state.model = quantize_int8(state.model, calibration=calibration, smooth=stage.smooth,
-                                    weight_bits=stage.bits, skip=skip)
+                                    weight_bits=stage.bits, skip=skip,
+                                    static_inputs=[LN_INPUTS] if stage.static_inputs else [])
     state.model.eval()
 
 

@@ -123,6 +123,21 @@ def test_int8_per_token_recipe_stores_codes_and_scores_the_compiled_model(text: 
         assert torch.equal(reloaded(ids, mask), res.model(ids, mask))
 
 
+def test_static_inputs_recipe_calibrates_the_layernorm_readers(text: TextSplits, tmp_path: Path) -> None:
+    from deepshrink.transformers import Int8Linear
+
+    body = "  - kind: quantize\n    scheme: int8_per_token\n    bits: 8\n    static_inputs: true\n    calibration: 32\n"
+    res = run_recipe(_recipe(body), model=_tiny(), data=text, out=tmp_path / "r")
+    static = sorted(n.rsplit(".", 1)[-1] for n, m in res.model.named_modules()
+                    if isinstance(m, Int8Linear) and m.act_qparams is not None)
+    assert static == ["dense", "dense", "key", "key", "query", "query", "value", "value"]  # + FFN-up per layer
+    assert res.report["stages"][-1]["cosine"] > 0.99
+    reloaded = load_model(tmp_path / "r" / "00-quantize.dsk", None)
+    ids, mask = text.tokenize(text.corpus)
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids, mask), res.model(ids, mask))
+
+
 @pytest.mark.slow
 def test_compile_scores_the_inductor_model(text: TextSplits, monkeypatch: pytest.MonkeyPatch) -> None:
     import deepshrink.transformers.inductor as inductor
@@ -214,6 +229,8 @@ def test_calibration_beyond_the_text_fails_before_any_work(text: TextSplits, tmp
     ("  - kind: quantize\n    scheme: int8_per_token\n    calibration: 64\n", "calibrates only for smooth"),
     ("  - kind: quantize\n    scheme: int8_per_token\n    skip: ['type:Linear']\n", "by name"),
     ("  - kind: quantize\n    scheme: int8_static\n    compile: true\n", "compile: only scheme int8_per_token"),
+    ("  - kind: quantize\n    scheme: int8_dynamic\n    static_inputs: true\n", "static_inputs: only scheme"),
+    ("  - kind: quantize\n    scheme: int8_per_token\n    static_inputs: 2\n", "static_inputs"),
 ])
 def test_bad_text_stage_settings_name_the_key(body: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):

@@ -119,18 +119,29 @@ def test_static_layers_export_to_onnx_as_integer_ops(tiny, tmp_path, tokenizer, 
 
 
 @pytest.mark.slow
-def test_compiled_static_layers_run_onednn_kernels_and_track_eager(tiny, tmp_path, tokenizer, sentences) -> None:
+@pytest.mark.parametrize("every", [False, True])
+def test_compiled_static_layers_run_onednn_kernels_and_track_eager(tiny, tmp_path, tokenizer, sentences,
+                                                                  every: bool) -> None:
     from torch._inductor.utils import run_and_get_code
 
-    q = _static(tiny, tokenizer, sentences)
+    calib = [tokenize(tokenizer, sentences[:3]), tokenize(tokenizer, sentences[3:])]
+    # every input static and no SmoothQuant divisor between GELU and the FFN-down's quantization: the FFN-up
+    # kernel can write that uint8 input itself
+    q = quantize_int8(tiny, calibration=calib, smooth=None if every else 0.5, weight_bits=8,
+                      static_inputs=[".*"] if every else [LN_INPUTS])
+    assert sum(m.act_qparams is not None for m in q.modules() if isinstance(m, Int8Linear)) == (12 if every else 8)
     deepshrink.save(q, tmp_path / "q.dsa")
     back = deepshrink.load(tmp_path / "q.dsa")
     example = tokenize(tokenizer, (sentences * 2)[:8], pad_to=24)
     compiled, code = run_and_get_code(lambda: compile_int8(back, example, lengths=[24]))
     code = "\n".join(code)
-    assert code.count("onednn.qlinear_pointwise") >= 4  # the static ones at least (2 layers x Q/K/V + FFN-up)
+    calls = [line for line in code.splitlines() if "onednn.qlinear_pointwise" in line and "assert" not in line]
+    assert len(calls) >= (12 if every else 8)  # every static layer is a oneDNN int8 kernel
     assert "layer_norm_quantize_per_tensor" in code  # the input quantization is fused into a LayerNorm kernel
-    assert any("qlinear_pointwise" in line and "'gelu'" in line for line in code.splitlines())  # FFN-up + GELU
+    gelu = [line for line in calls if "'gelu'" in line]  # FFN-up with its GELU fused
+    assert len(gelu) == 2
+    if every:  # ... and writing the FFN-down's uint8 input itself
+        assert all("torch.uint8" in line for line in gelu)
     ids, mask = example
     with torch.no_grad():
         eager = back(ids, mask)
