@@ -175,8 +175,8 @@ class QuantizeStage(StageBase):
     BERT-family sentence encoders: ``int8_per_token`` (int8 Linear codes, per-token activations, optional
     SmoothQuant ``smooth`` alpha; ``static_inputs: true`` gives the Linears that read a LayerNorm one
     calibrated uint8 input range instead of per-token scales, faster compiled; ``compile: true`` scores the
-    model as deployed, compiled by Inductor onto oneDNN int8 kernels) and ``embedding`` (the word-embedding table as int8 or a k-means codebook;
-    ``scheme: none`` compresses only the table)."""
+    model as deployed, compiled by Inductor onto oneDNN int8 kernels) and ``embedding`` (the word-embedding
+    table as int8 or a k-means codebook; ``scheme: none`` compresses only the table)."""
 
     kind: Literal["quantize"] = "quantize"
     scheme: Literal["int8_static", "int8_dynamic", "int", "static", "qat", "kmeans", "pow2", "fixed_point",

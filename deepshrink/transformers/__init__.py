@@ -30,8 +30,8 @@ from deepshrink.transformers.prune import (
 from deepshrink.transformers.quant import onnx_matmul_nodes, ort_fuse, ort_quantize, quantize_linears
 
 __all__ = [
-    "FFN_OUT", "CodebookEmbedding", "CompiledEncoder", "DistillConfig", "Int8Embedding", "Int8Linear", "SentenceEncoder", "bert_layers", "build_encoder",
-    "LN_INPUTS", "check_known", "compile_int8", "compress_embedding", "distill", "drop_layers", "encode", "ffn_importance", "head_contribution",
+    "FFN_OUT", "LN_INPUTS", "CodebookEmbedding", "CompiledEncoder", "DistillConfig", "Int8Embedding", "Int8Linear",
+    "SentenceEncoder", "bert_layers", "build_encoder", "check_known", "compile_int8", "compress_embedding", "distill", "drop_layers", "encode", "ffn_importance", "head_contribution",
     "head_importance", "load_encoder", "load_minilm", "load_tokenizer", "mean_pool", "minilm_path",
     "onnx_matmul_nodes", "ort_fuse", "ort_quantize", "prune_ffn", "prune_heads", "prune_layer_ffn", "prune_layer_heads",
     "prune_vocabulary", "quantize_int8", "quantize_linears", "smooth_linears", "structure", "tokenize", "used_token_ids",

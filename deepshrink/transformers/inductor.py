@@ -329,8 +329,8 @@ class StaticInt8Linear(nn.Module):
 def compile_int8_linears(model: nn.Module, example: tuple[torch.Tensor, ...], threads: int | None) -> Any:
     """Compile (in place) a model's ``Int8Linear`` layers as torchao int8 weights + per-token dynamic int8
     activations (static-input layers as ``StaticInt8Linear``), with freezing (Inductor lowers both patterns to
-    oneDNN ``qlinear_pointwise``), on one call with ``example``. Each layer's ``codes`` and ``scale`` become the ``Int8Tensor``'s ``qdata`` and
-    ``scale`` exactly; a SmoothQuant divisor becomes a ``SmoothedLinear`` multiply, one tensor per distinct
+    oneDNN ``qlinear_pointwise``), on one call with ``example``. Each layer's ``codes`` and ``scale`` become
+    the ``Int8Tensor``'s ``qdata`` and ``scale`` exactly; a SmoothQuant divisor becomes a ``SmoothedLinear`` multiply, one tensor per distinct
     divisor so query/key/value share one fused quantization."""
     import warnings
 
@@ -382,5 +382,5 @@ def compile_int8_linears(model: nn.Module, example: tuple[torch.Tensor, ...], th
         return compile_frozen(model, example, threads, dynamic=False)
 
 
-__all__ = ["ACTIVATIONS", "FFN_OUT", "CompiledEncoder", "SmoothedLinear", "StaticInt8Linear", "compile_int8", "compile_int8_linears",
-           "default_lengths", "linear_names", "padded_extent", "quantize_int8", "smooth_linears", "trim_padding"]
+__all__ = ["ACTIVATIONS", "FFN_OUT", "CompiledEncoder", "SmoothedLinear", "StaticInt8Linear", "compile_int8",
+           "compile_int8_linears", "default_lengths", "linear_names", "padded_extent", "quantize_int8", "smooth_linears", "trim_padding"]

@@ -9,7 +9,9 @@ forward is the maths of the compiled kernel -- per-token dynamic symmetric int8 
 plain ``nn.Module`` that runs anywhere. ``deepshrink.save`` writes the ``bits``-bit codes bit-packed, Huffman- or range-coded, whichever is smallest
 (``deepshrink.artifact.quantized.encode_int_codes``) and ``deepshrink.load`` rebuilds it exactly (the
 SentenceEncoder's architecture record lists the Int8Linear layers); ``compile_int8`` of such a model uses
-the stored codes and scales as torchao's ``Int8Tensor`` data, without re-quantizing.
+the stored codes and scales as torchao's ``Int8Tensor`` data, without re-quantizing. ``static_inputs``
+gives chosen layers (``LN_INPUTS``: those after a LayerNorm) a uint8 input with one calibrated range
+instead (``act_qparams``; compiled as oneDNN kernels with their quantization fused into the LayerNorm).
 
 Also here (shared with ``deepshrink.transformers.inductor``, which re-exports them): ``SmoothedLinear``,
 ``smooth_linears`` (SmoothQuant on a float model) and ``linear_names`` (quantized / skipped Linears).
@@ -18,6 +20,7 @@ Also here (shared with ``deepshrink.transformers.inductor``, which re-exports th
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -56,8 +59,13 @@ def per_token_matmul(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, 
 
 
 def static_qparams(qparams: torch.Tensor) -> tuple[float, int]:
-    """``(scale, zero_point)`` of a static uint8 input as Python numbers (what the compiled kernel bakes in)."""
-    return float(qparams[0]), int(qparams[1])
+    """``(scale, zero_point)`` of a static uint8 input as Python numbers (what the compiled kernel bakes in);
+    ModelError for values no calibration gives (a damaged or hand-edited artifact)."""
+    step, zero = float(qparams[0]), float(qparams[1])
+    if not (math.isfinite(step) and step > 0 and zero == round(zero) and 0 <= zero <= 255):
+        raise ModelError(f"Int8Linear act_qparams must be [step > 0, integer zero point in 0..255], got "
+                         f"[{step}, {zero}]")
+    return step, int(zero)
 
 
 def static_matmul(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, s: float, zp: int,
@@ -513,5 +521,6 @@ def _static_names(quantized: list[str], patterns: Sequence[str]) -> list[str]:
     return [n for n in quantized if any(p.search(n) for p in compiled)]
 
 
-__all__ = ["FFN_OUT", "LN_INPUTS", "Int8Linear", "SmoothedLinear", "calibrate_static", "install_int8_record", "int8_linear_names", "int8_record",
+__all__ = ["FFN_OUT", "LN_INPUTS", "Int8Linear", "SmoothedLinear", "calibrate_static",
+           "install_int8_record", "int8_linear_names", "int8_record",
            "linear_names", "per_token_int8", "quantize_int8", "smooth_linears"]

@@ -175,5 +175,10 @@ def test_bad_static_settings_are_clear_errors(tiny, tokenizer, sentences) -> Non
         compile_int8(enc, calib[0], activations="static", calibration=calib, static_inputs=[LN_INPUTS])
     with pytest.raises(ModelError, match="malformed int8_linears entry"):
         install_int8_record(copy.deepcopy(enc), [["bert.encoder.layer.0.attention.self.query", 8, False, True, 1]])
+    layer = Int8Linear(4, 3, static=True)
+    for bad in ([0.0, 10.0], [float("nan"), 10.0], [0.1, 300.0], [0.1, 2.5]):  # a damaged or hand-edited file
+        layer.act_qparams = torch.tensor(bad)
+        with pytest.raises(ModelError, match="act_qparams must be"):
+            layer(torch.ones(2, 4))
     after = enc.state_dict()  # the caller's float model is never modified, also by refused calls
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
