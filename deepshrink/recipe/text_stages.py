@@ -9,6 +9,8 @@ Text data has no labels, so every stage here works from calibration sentences, n
 
 from __future__ import annotations
 
+import re
+
 from typing import TYPE_CHECKING, Any
 
 from deepshrink.core.errors import ConfigError
@@ -152,6 +154,13 @@ def quantize(stage: S.QuantizeStage, state: RunState, name: str) -> None:
         from deepshrink.transformers.int8 import LN_INPUTS, quantize_int8
 
         skip = [f"^(?:{S.pattern_regex(p)})$" for p in stage.skip]
+        if stage.static_inputs:
+            from deepshrink.transformers.int8 import linear_names
+
+            quantized, _ = linear_names(state.model, skip)
+            if not any(re.search(LN_INPUTS, n) for n in quantized):
+                raise ConfigError("static_inputs: true, but skip keeps every query/key/value and FFN up-projection "
+                                  "Linear in fp32: nothing to make static")
         calibrates = stage.smooth is not None or stage.static_inputs
         calibration = text.calibration_batches(stage.calibration) if calibrates else ()
         state.model = quantize_int8(state.model, calibration=calibration, smooth=stage.smooth,

@@ -415,13 +415,18 @@ def calibrate_static(model: nn.Module, calibration: Sequence[tuple[torch.Tensor,
                      percentile: float = 100.0) -> None:
     """Make the named ``Int8Linear`` layers quantize their input to uint8 with one calibrated range (in place).
 
-    The model runs the ``calibration`` batches as it is (upstream layers already int8, so each range is the
-    deployed model's); per layer and batch, the ``100 - percentile`` and ``percentile`` percentiles of the
-    (SmoothQuant-divided) input over the real tokens, widened to hold 0, then the widest over all batches give
-    ``s = (hi - lo) / 255`` and ``zero_point = round(-lo / s)``."""
+    The model runs the ``calibration`` batches once as it is (in ``quantize_int8``: every layer int8 with
+    per-token inputs, so a range is measured behind int8 layers, though not behind the other static ones);
+    per layer and batch, the ``100 - percentile`` and ``percentile`` percentiles of the (SmoothQuant-divided)
+    input over the real tokens (100: the exact smallest and largest value), widened to hold 0, then the widest
+    over all batches give ``s = (hi - lo) / 255`` and ``zero_point = round(-lo / s)``. Batches without a real
+    token are skipped."""
     percentile = _check_percentile(percentile)
-    if not calibration:
+    batches = calibration_pairs(calibration)
+    if not batches:
         raise DataError("static inputs need calibration batches (representative text, not the evaluation text)")
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise ConfigError("calibrate_static: names must be a list of layer names, not a single string")
     modules = dict(model.named_modules())
     for n in names:
         if not isinstance(modules.get(n), Int8Linear):
@@ -429,6 +434,7 @@ def calibrate_static(model: nn.Module, calibration: Sequence[tuple[torch.Tensor,
     lo: dict[str, float] = {}
     hi: dict[str, float] = {}
     tokens: list[torch.Tensor] = []
+    sample = torch.Generator().manual_seed(0)
 
     def hook(name: str) -> Any:
         def record(m: Int8Linear, inputs: tuple[torch.Tensor, ...]) -> None:
@@ -439,17 +445,23 @@ def calibrate_static(model: nn.Module, calibration: Sequence[tuple[torch.Tensor,
             if tokens and tokens[0].numel() == rows.shape[0]:
                 rows = rows[tokens[0]]
             v = rows.reshape(-1)
-            if v.numel() > 2**24:  # torch.quantile's limit: an evenly strided sample
-                v = v[:: -(-v.numel() // 2**24)]
-            q = torch.quantile(v, torch.tensor([1 - percentile / 100, percentile / 100], device=v.device))
-            lo[name] = min(lo.get(name, 0.0), float(q[0]))
-            hi[name] = max(hi.get(name, 0.0), float(q[1]))
+            if v.numel() == 0:
+                return
+            if percentile == 100.0:
+                low, high = (float(t) for t in torch.aminmax(v))
+            else:
+                if v.numel() > 2**24:  # torch.quantile's limit: a uniform random sample of every channel
+                    v = v[torch.randint(v.numel(), (2**24,), generator=sample).to(v.device)]
+                q = torch.quantile(v, torch.tensor([1 - percentile / 100, percentile / 100], device=v.device))
+                low, high = float(q[0]), float(q[1])
+            lo[name] = min(lo.get(name, 0.0), low)
+            hi[name] = max(hi.get(name, 0.0), high)
         return record
 
     handles = [modules[n].register_forward_pre_hook(hook(n)) for n in names]
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
-        for ids, mask in calibration:
+        for ids, mask in batches:
             tokens[:] = [mask.reshape(-1).to(device) != 0]
             model(ids.to(device), mask.to(device))
     finally:
@@ -457,7 +469,7 @@ def calibrate_static(model: nn.Module, calibration: Sequence[tuple[torch.Tensor,
             h.remove()
     for n in names:
         if n not in hi:
-            raise DataError(f"calibrate_static: the calibration batches never reached {n!r}")
+            raise DataError(f"calibrate_static: no calibration batch with a real token (mask 1) reached {n!r}")
         step = max(hi[n] - lo[n], 1e-8) / 255.0
         zero = min(max(round(-lo[n] / step), 0), 255)
         m = modules[n]

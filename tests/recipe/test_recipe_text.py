@@ -136,6 +136,9 @@ def test_static_inputs_recipe_calibrates_the_layernorm_readers(text: TextSplits,
     ids, mask = text.tokenize(text.corpus)
     with torch.no_grad():
         assert torch.equal(reloaded(ids, mask), res.model(ids, mask))
+    skip_all = body + "    skip: ['re:.*(query|key|value|intermediate\\.dense)']\n"
+    with pytest.raises(ConfigError, match="skip keeps every query/key/value and FFN up-projection"):
+        run_recipe(_recipe(skip_all), model=_tiny(), data=text, out=tmp_path / "r2")
 
 
 @pytest.mark.slow

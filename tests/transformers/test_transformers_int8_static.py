@@ -86,6 +86,41 @@ def test_the_range_is_the_calibrated_percentile_and_holds_zero(tiny, tokenizer, 
     assert zero == round(-lo / step)
 
 
+class _TwoChannels(nn.Module):
+    """A model of one static Int8Linear fed 2 channels made from the ids: ids / 1000, clipped to [-1, 1] in
+    channel 0 and as they are in channel 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = Int8Linear.from_float(nn.Linear(2, 1), 8)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = ids.float() / 1000
+        return self.lin(torch.stack([x.clamp(-1, 1), x], -1))
+
+
+def test_an_unclipped_range_sees_every_value_of_a_huge_batch() -> None:
+    n = 2**23 + 8  # 2^24 + 16 input values: more than torch.quantile takes
+    ids = torch.randint(-1000, 1001, (1, n))
+    ids[0, 12345] = 50_000  # one value of 50 in channel 1
+    model = _TwoChannels()
+    calibrate_static(model, [(ids, torch.ones_like(ids))], ["lin"])
+    step, zero = (float(v) for v in model.lin.act_qparams)
+    assert step == pytest.approx(51 / 255, rel=1e-6) and zero == round(1 / step)
+
+
+def test_batches_without_a_real_token_are_skipped(tiny, tokenizer, sentences) -> None:
+    good = tokenize(tokenizer, sentences)
+    empty = (good[0][:2], torch.zeros_like(good[1][:2]))
+    q = quantize_int8(tiny, calibration=[good], weight_bits=8, static_inputs=[LN_INPUTS])
+    q2 = quantize_int8(tiny, calibration=[empty, good], weight_bits=8, static_inputs=[LN_INPUTS])
+    for (n, a), (_, b) in zip(sorted(q.state_dict().items()), sorted(q2.state_dict().items())):
+        assert torch.equal(a, b), n
+    with pytest.raises(DataError, match="no calibration batch with a real token"):
+        quantize_int8(tiny, calibration=[empty], weight_bits=8, static_inputs=[LN_INPUTS])
+
+
 def test_round_trip_is_bit_exact_and_the_record_marks_static_layers(tiny, tmp_path, tokenizer, sentences) -> None:
     q = _static(tiny, tokenizer, sentences)
     record = int8_record(q)
@@ -169,6 +204,12 @@ def test_bad_static_settings_are_clear_errors(tiny, tokenizer, sentences) -> Non
     q = quantize_int8(enc, calibration=calib, weight_bits=8)
     with pytest.raises(ModelError, match="'bert.embeddings' is not an Int8Linear"):
         calibrate_static(q, calib, ["bert.embeddings"])
+    with pytest.raises(ConfigError, match="names must be a list of layer names"):
+        calibrate_static(q, calib, "bert.encoder.layer.0.attention.self.query")
+    with pytest.raises(DataError, match="must be an \\(input_ids, attention_mask\\) pair"):
+        calibrate_static(q, [(*calib[0], calib[0][1])], ["bert.encoder.layer.0.attention.self.query"])
+    with pytest.raises(DataError, match="static inputs need calibration"):
+        calibrate_static(q, [], ["bert.encoder.layer.0.attention.self.query"])
     with pytest.raises(ConfigError, match="static_inputs were fixed when it was quantized"):
         compile_int8(q, calib[0], static_inputs=[LN_INPUTS])
     with pytest.raises(ConfigError, match="static_inputs applies to the per-token scheme"):
