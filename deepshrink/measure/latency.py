@@ -49,11 +49,21 @@ def _summarise(times_s: Sequence[float], threads: int, batch_size: int | None) -
     )
 
 
+def _sync() -> None:
+    """Wait for queued CUDA work: kernels launch asynchronously, so a timer stopped without this measures the
+    launches, not the work (a no-op on machines where CUDA was never used)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def _timed_call(name: str, fn: Callable[..., Any], example_inputs: Any) -> float:
-    """Seconds for one call of ``fn``; a failing call becomes a one-line ModelError."""
+    """Seconds for one call of ``fn`` (CUDA work finished on both sides of the timer); a failing call becomes
+    a one-line ModelError."""
+    _sync()
     start = time.perf_counter()
     try:
         call(fn, example_inputs)
+        _sync()
     except Exception as exc:  # user code failing is a model problem
         raise ModelError(f"{name} cannot run on the example input: {first_line(exc)}") from None
     return time.perf_counter() - start
@@ -70,7 +80,8 @@ def measure_latency(
     """Time ``repeats`` calls after ``warmup`` untimed ones, under inference_mode and eval mode.
 
     ``threads`` sets torch's thread count for the run only; it is restored afterwards.
-    ``example_inputs`` is a tensor, a tuple of args or a dict of kwargs.
+    ``example_inputs`` is a tensor, a tuple of args or a dict of kwargs. Where CUDA is in use, each timed
+    call waits for the GPU's queued work before and after it (``torch.cuda.synchronize``).
     """
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ConfigError(f"repeats must be an integer >= 1, got {repeats!r}")

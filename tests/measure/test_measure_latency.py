@@ -100,3 +100,18 @@ def test_compare_latency_blocks_time_consecutive_calls_after_one_settling_call()
 def test_compare_latency_rejects_a_zero_block() -> None:
     with pytest.raises(ConfigError, match="block"):
         compare_latency({"a": lambda x: x}, torch.zeros(2), rounds=1, block=0)
+
+
+def test_cuda_work_is_waited_for_on_both_sides_of_the_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    # CUDA launches are asynchronous: without a synchronize after the call the timer stops before the work is
+    # done. Simulated here (CI has no GPU): the order of calls and synchronizes is what is checked.
+    events: list[str] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: events.append("sync"))
+    measure_latency(lambda x: events.append("call"), torch.ones(1), warmup=1, repeats=2)
+    assert events == ["sync", "call", "sync"] * 3
+    events.clear()
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)  # CUDA never used: no synchronize
+    measure_latency(lambda x: events.append("call"), torch.ones(1), warmup=0, repeats=2)
+    assert events == ["call", "call"]
