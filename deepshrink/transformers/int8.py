@@ -404,6 +404,9 @@ def float_copy(encoder: nn.Module) -> nn.Module:
     return model
 
 
+NEED_CALIBRATION = "static inputs need calibration batches (representative text, not the evaluation text)"
+
+
 def _check_percentile(percentile: Any) -> float:
     if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 50 < percentile <= 100:
         raise ConfigError(f"percentile must be a number in (50, 100], got {percentile!r}")
@@ -424,7 +427,7 @@ def calibrate_static(model: nn.Module, calibration: Sequence[tuple[torch.Tensor,
     percentile = _check_percentile(percentile)
     batches = calibration_pairs(calibration)
     if not batches:
-        raise DataError("static inputs need calibration batches (representative text, not the evaluation text)")
+        raise DataError(NEED_CALIBRATION)
     if isinstance(names, str) or not all(isinstance(n, str) for n in names):
         raise ConfigError("calibrate_static: names must be a list of layer names, not a single string")
     modules = dict(model.named_modules())
@@ -508,7 +511,7 @@ def quantize_int8(encoder: nn.Module, *, calibration: Sequence[tuple[torch.Tenso
     quantized, _ = linear_names(encoder, skip)
     static = _static_names(quantized, static_inputs)
     if static and not batches:
-        raise DataError("static inputs need calibration batches (representative text, not the evaluation text)")
+        raise DataError(NEED_CALIBRATION)
     model = float_copy(encoder)
     if smooth is not None:
         smooth_linears(model, batches, quantized, smooth)
