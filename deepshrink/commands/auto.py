@@ -39,8 +39,9 @@ def _config(args: argparse.Namespace, base: Any) -> Any:
         else 0.5,
         target_bytes=_parse_bytes(args.target_bytes) if args.target_bytes else None,
         target_latency_ms=args.target_latency, time_budget_s=args.time_budget,
-        retrain=base.retrain.replace(epochs=args.retrain_epochs, seed=args.seed),
-        finetune=base.finetune.replace(epochs=args.finetune_epochs, seed=args.seed), seed=args.seed,
+        retrain=base.retrain.replace(epochs=args.retrain_epochs, seed=args.seed, augment=args.augment),
+        finetune=base.finetune.replace(epochs=args.finetune_epochs, seed=args.seed, augment=args.augment),
+        seed=args.seed,
         explore=args.explore)
 
 
@@ -107,6 +108,9 @@ def register(sub: Any) -> None:
     p.add_argument("--time-budget", type=float, default=900.0, help="wall seconds for the search (default 900)")
     p.add_argument("--retrain-epochs", type=int, default=2, help="epochs of retraining per pruning step")
     p.add_argument("--finetune-epochs", type=int, default=2, help="epochs of centroid fine-tuning")
+    p.add_argument("--augment", metavar="SPEC",
+                   help="move/mirror training images at random while retraining and fine-tuning: shift:N "
+                        "(up to N pixels), hflip, or both (shift:4,hflip); image data only")
     p.add_argument("--out", default="out/auto", help="output folder (default: out/auto)")
     p.add_argument("--explore", action="store_true",
                    help="spend spare time on single-layer pruning steps and lower bit widths (more decisions on "

@@ -74,6 +74,21 @@ def pattern_regex(pattern: str) -> str:
 Pattern = Annotated[str, Field(min_length=1), AfterValidator(check_pattern)]
 
 
+def check_augment(spec: str) -> str:
+    """A training augmentation spec (``shift:2``, ``hflip``...; deepshrink.data.augment), rejected early."""
+    from deepshrink.core.errors import ConfigError
+    from deepshrink.data.augment import parse_augment
+
+    try:
+        parse_augment(spec)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    return spec
+
+
+AugmentSpec = Annotated[str, AfterValidator(check_augment)]
+
+
 def _changed(model: BaseModel, *keys: str) -> list[str]:
     """Those of ``keys`` whose value differs from the field's default (a full dump validates back)."""
     fields = type(model).model_fields
@@ -104,6 +119,7 @@ class TrainSpec(_Frozen):
     warmup_epochs: Annotated[int, Field(ge=0)] = 0
     label_smoothing: Unit = 0.0
     grad_clip: Annotated[float, Field(gt=0.0)] | None = None
+    augment: AugmentSpec | None = None
     seed: Seed | None = None
 
 

@@ -31,6 +31,7 @@ from deepshrink.core.errors import ArtifactError, ConfigError, DataError, DeepSh
 from deepshrink.core.fileio import atomic_writer
 from deepshrink.core.guards import check_gradients, check_weights
 from deepshrink.core.progress import track
+from deepshrink.data.augment import parse_augment
 from deepshrink.train import distributed, shm_allreduce
 from deepshrink.train.distributed import DistContext
 
@@ -54,6 +55,7 @@ class TrainConfig:
     seed: int = 0
     grad_clip: float | None = None
     label_smoothing: float = 0.0
+    augment: str | None = None  # e.g. "shift:2": see deepshrink.data.augment
 
     def __post_init__(self) -> None:
         for name, low in (("epochs", 0), ("batch_size", 1), ("step_size", 1), ("warmup_epochs", 0), ("seed", 0)):
@@ -77,6 +79,11 @@ class TrainConfig:
             raise ConfigError(f"train: schedule must be constant, cosine or step, got {self.schedule!r}")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1 or not 0 <= self.label_smoothing < 1:
             raise ConfigError("train: weight_decay >= 0, momentum and label_smoothing in [0, 1) required")
+        if self.augment is not None:
+            try:
+                parse_augment(self.augment)
+            except ConfigError as exc:
+                raise ConfigError(f"train: {exc}") from None
 
     def replace(self, **changes: object) -> TrainConfig:
         return TrainConfig(**{**asdict(self), **changes})
@@ -198,10 +205,13 @@ class Trainer:
         epoch_loss = history[-1] if history else float("nan")
         show = self.progress if ctx is None or ctx.is_main else False
         param_dtype = next((p.dtype for p in params if p.is_floating_point()), None)
+        augment = parse_augment(cfg.augment) if cfg.augment else None
+        augment_gen = torch.Generator()
         for epoch in range(start_epoch, cfg.epochs):
             total, count = 0.0, 0
             # Each epoch's order depends only on (seed, epoch), so a resumed run sees the same batches.
             shuffle_gen.manual_seed(cfg.seed * 100_003 + epoch)
+            augment_gen.manual_seed((cfg.seed * 100_003 + epoch) * 1_009 + (ctx.rank if ctx else 0) + 1)
             if sampler is not None:
                 sampler.set_epoch(epoch)
             batches = track(loader, f"{self.description} {epoch + 1}/{cfg.epochs}", total=len(loader),
@@ -212,6 +222,8 @@ class Trainer:
                     y = y.long()  # int32 / uint8 class labels: what cross-entropy takes
                 if x.is_floating_point() and param_dtype is not None and x.dtype != param_dtype:
                     x = x.to(param_dtype)  # e.g. numpy's default float64 data for a float32 model
+                if augment is not None:
+                    x = augment(x, augment_gen)
                 try:
                     loss = self.loss_fn(net, x, y)
                 except IndexError as exc:  # cross-entropy's "Target 12 is out of bounds"

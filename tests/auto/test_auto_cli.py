@@ -53,6 +53,8 @@ def test_auto_cli_end_to_end(weights: str, tmp_path) -> None:
     (["auto", "--model", "lenet300", "--max-drop", "-1"], "0..100", 2),  # bad option values: usage errors
     (["auto", "--model", "lenet300", "--target-bytes", "lots"], "--target-bytes", 2),
     (["auto", "--model", "lenet300", "--time-budget", "0"], "time budget", 2),
+    (["auto", "--model", "lenet300", "--augment", "rotate:3"], "unknown augmentation 'rotate'", 2),
+    (["auto", "--model", "lenet300", "--augment", "shift:0"], "pixel count", 2),
     (["auto", "--model", "lenet300", "--val-fraction", "1.5", "--weights", "{w}"], "validation fraction", 2),
     (["auto", "--model", "lenet300", "--weights", "/nonexistent.dsk"], "does not exist", 1),
     (["sensitivity", "--model", "lenet300", "--keeps", "a,b", "--weights", "{w}"], "--keeps", 2),
