@@ -87,7 +87,7 @@ def run_one(name: str, seed: int, args: argparse.Namespace, data, out: Path) -> 
     # The recipe's retraining optimizer and epochs (not its per-layer choices, which auto makes itself).
     dc = recipe(name, "default", seed=seed, quick=args.quick).compression
     cfg = AutoConfig(max_drop_pt=args.max_drop, time_budget_s=90.0 if args.quick else args.time_budget,
-                     margin=args.margin, prune_share=args.prune_share,
+                     margin=args.margin, prune_share=args.prune_share, confidence=args.confidence,
                      step_factor=args.step_factor or STEP_FACTOR[name],
                      retrain=dc.retrain.replace(augment=args.augment),
                      finetune=dc.cluster_finetune.replace(augment=args.augment), seed=seed, explore=args.explore)
@@ -137,6 +137,8 @@ def main() -> None:
     ap.add_argument("--max-drop", type=float, default=0.5)
     ap.add_argument("--time-budget", type=float, default=840.0, help="seconds per model for auto")
     ap.add_argument("--margin", type=float, default=1.0, help="share of the drop budget usable on validation")
+    ap.add_argument("--confidence", type=float, default=1.0,
+                    help="standard errors of the validation drop added before the budget check (AutoConfig)")
     ap.add_argument("--prune-share", type=float, default=0.9, help="share of that the pruning phase may use")
     ap.add_argument("--step-factor", type=float, default=None,
                     help="each pruning step aims at this x the bytes (default 0.7 for lenet300, 0.5 for lenet5)")

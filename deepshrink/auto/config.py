@@ -31,9 +31,12 @@ class AutoConfig:
     split) the result may lose; ``target_bytes`` = artifact size to reach; ``target_latency_ms`` =
     median latency to reach (checked on the result; Deep Compression storage decodes to dense
     weights, so pruning and sharing do not change it). ``time_budget_s`` bounds the whole search,
-    sensitivity scan and final report included. ``margin`` is the share of the accuracy budget the
-    search may use on validation data (the rest absorbs the noise of the test split);
-    ``prune_share`` is the part of that the pruning phase may use before weight sharing.
+    sensitivity scan and final report included. A result is within the accuracy budget when its
+    validation drop plus ``confidence`` standard errors of that drop (paired over the validation
+    samples) is at most ``margin`` x ``max_drop_pt``: a search makes many decisions on one validation
+    split, and one that keeps every lucky draw ends up worse on new data than on that split.
+    ``confidence`` 0 and ``margin`` 1 judge the measured drop alone. ``prune_share`` is the part of
+    the limit the pruning phase may use before weight sharing.
     ``explore`` adds moves that spend spare time on more validation decisions (single-layer pruning steps
     when the walk stalls, bit probes below the scan's estimate): smaller results, but each extra decision
     is another chance to keep a lucky draw of the validation noise.
@@ -43,7 +46,8 @@ class AutoConfig:
     target_bytes: int | None = None
     target_latency_ms: float | None = None
     time_budget_s: float = 900.0
-    margin: float = 0.8
+    margin: float = 1.0
+    confidence: float = 1.0
     prune_share: float = 0.75
     step_factor: float = 0.4
     keeps: tuple[float, ...] = (1.0, 0.5, 0.3, 0.18, 0.1, 0.06, 0.035, 0.02, 0.01)
@@ -66,6 +70,9 @@ class AutoConfig:
             raise ConfigError(f"auto: max accuracy drop must be in 0..100 points, got {self.max_drop_pt!r}")
         if not isinstance(self.explore, bool):
             raise ConfigError(f"auto: explore must be True or False, got {self.explore!r}")
+        if (isinstance(self.confidence, bool) or not isinstance(self.confidence, (int, float))
+                or not 0 <= self.confidence <= 5):
+            raise ConfigError(f"auto: confidence must be 0..5 standard errors, got {self.confidence!r}")
         _positive("target bytes", self.target_bytes, integer=True)
         _positive("target latency (ms)", self.target_latency_ms)
         _positive("time budget (s)", self.time_budget_s)

@@ -94,10 +94,10 @@ def auto_compress(model: nn.Module, *, train: Dataset, val: Dataset, test: Datas
     for t, on in zip(trials, front):
         t["pareto"] = on
     latency = measure_latency(decoded, example_inputs).median_ms if config.target_latency_ms else None
-    val_drop = trial["val_drop_pt"]
+    val_drop, val_bound = trial["val_drop_pt"], trial["val_drop_bound_pt"]
     test_drop = (100.0 * (base["accuracy"] - fstage["accuracy"])
                  if base["accuracy"] is not None and fstage["accuracy"] is not None else None)
-    met = {"accuracy": config.max_drop_pt is None or val_drop <= config.drop_limit + EPS,
+    met = {"accuracy": config.max_drop_pt is None or val_bound <= config.drop_limit + EPS,
            "bytes": config.target_bytes is None or fstage["artifact_bytes"] <= config.target_bytes,
            "latency": config.target_latency_ms is None or (latency is not None
                                                           and latency <= config.target_latency_ms),
@@ -112,6 +112,7 @@ def auto_compress(model: nn.Module, *, train: Dataset, val: Dataset, test: Datas
            "evaluated_on": "test" if test is not None else "validation",
            "val_samples": len(val), "train_samples": len(train),
            "val_baseline_accuracy": search.state["val_baseline"], "val_drop_pt": val_drop,
+           "val_drop_se_pt": trial["val_drop_se_pt"], "val_drop_bound_pt": val_bound,
            "test_drop_pt": test_drop, "final_latency_ms": latency, "chosen": {"keep": trial["plan"],
                                                                                  "bits": trial["bits"]},
            "artifact": str(final_path), "artifact_bytes": fstage["artifact_bytes"],

@@ -108,13 +108,37 @@ class _Search:
         self.layers = list(weight_layers(self.baseline))
         self.numels = {n: m.weight.numel() for n, m in weight_layers(self.baseline).items()}
         self.epoch_s = 0.0
+        self.base_hits: torch.Tensor | None = None
 
     # -- measurements -------------------------------------------------------------------------
     def score(self, model: nn.Module) -> float:
         return evaluate(model, self.val).accuracy
 
+    def measure(self, model: nn.Module) -> tuple[float, float]:
+        """Validation accuracy and the standard error (points) of its difference from the baseline's.
+
+        The error is that of the mean of paired per-sample differences (baseline right / model wrong and
+        the reverse), so it is small when the two models fail on the same samples."""
+        hits = evaluate(model, self.val).hits
+        if self.base_hits is None:
+            self.base_hits = evaluate(self.baseline, self.val).hits
+        diff = self.base_hits.float() - hits.float()
+        return float(hits.float().mean()), 100.0 * float(diff.std(unbiased=False)) / math.sqrt(diff.numel())
+
     def drop(self, acc: float) -> float:
         return 100.0 * (self.state["val_baseline"] - acc)
+
+    def bound(self, acc: float, se: float) -> float:
+        """The drop the budget is checked against: measured drop + ``confidence`` standard errors."""
+        return self.drop(acc) + self.cfg.confidence * se
+
+    def within(self, acc: float, se: float, limit: float | None) -> bool:
+        return limit is None or self.bound(acc, se) <= limit + EPS
+
+    def _scored(self, acc: float, se: float) -> dict[str, float]:
+        """The accuracy fields of a trial record."""
+        return {"val_accuracy": acc, "val_drop_pt": self.drop(acc), "val_drop_se_pt": se,
+                "val_drop_bound_pt": self.bound(acc, se)}
 
     def _estimate_epoch(self) -> float:
         """Seconds per training epoch: measured once training has run, else from a timed evaluation."""
@@ -154,7 +178,8 @@ class _Search:
         self._save_state()
         verdict = "accepted" if trial.get("accepted") else "rejected"
         self.log(f"[{trial['elapsed_s']:.0f}s] {trial['phase']} #{trial['n']}: val {100 * trial['val_accuracy']:.2f}% "
-                 f"({-trial['val_drop_pt']:+.2f} pt), ~{trial['bytes']:,} bytes, {verdict}")
+                 f"({-trial['val_drop_pt']:+.2f} ± {trial['val_drop_se_pt']:.2f} pt), ~{trial['bytes']:,} bytes, "
+                 f"{verdict}")
         return trial
 
     def _preview_bytes(self, model: nn.Module, bits: int = 4) -> int:
@@ -206,17 +231,17 @@ class _Search:
                 prune_layer(mods[name], keep)
             self._fit(work, cfg.retrain.replace(seed=cfg.retrain.seed + len(st["trials"])),
                       f"auto prune #{len(st['trials'])}")
-            acc = self.score(work)
-            ok = limit is None or self.drop(acc) <= limit + EPS
+            acc, se = self.measure(work)
+            ok = self.within(acc, se, limit)
             if not ok and self.clock.fits(step_s, self._reserve()):
                 # One more round of retraining (masks still on) before giving the step up.
                 self._fit(work, cfg.retrain.replace(seed=cfg.retrain.seed + 1000 + len(st["trials"])),
                           f"auto prune #{len(st['trials'])} (recovery)")
-                acc = self.score(work)
-                ok = limit is None or self.drop(acc) <= limit + EPS
+                acc, se = self.measure(work)
+                ok = self.within(acc, se, limit)
             remove_masks(work)
             nbytes = self._preview_bytes(work)
-            self._trial(phase="prune", plan=plan, bits=None, val_accuracy=acc, val_drop_pt=self.drop(acc),
+            self._trial(phase="prune", plan=plan, bits=None, **self._scored(acc, se),
                         bytes=nbytes, bytes_kind="preview (4-bit sharing, not fine-tuned)", accepted=ok,
                         **({"note": f"{solo} alone"} if solo is not None else {}))
             if solo is not None:
@@ -269,11 +294,11 @@ class _Search:
                 prune_layer(mods[name], keep)
             self._fit(work, cfg.retrain.replace(seed=cfg.retrain.seed + len(self.state["trials"])),
                       f"auto prune #{len(self.state['trials'])} (size boundary)")
-            acc = self.score(work)
+            acc, se = self.measure(work)
             remove_masks(work)
             nbytes = self._preview_bytes(work)
             meets = nbytes <= cfg.target_bytes
-            self._trial(phase="prune", plan=mid, bits=None, val_accuracy=acc, val_drop_pt=self.drop(acc),
+            self._trial(phase="prune", plan=mid, bits=None, **self._scored(acc, se),
                         bytes=nbytes, bytes_kind="preview (4-bit sharing, not fine-tuned)", accepted=meets,
                         note="size boundary")
             if meets:
@@ -316,9 +341,9 @@ class _Search:
         self._fit(work, cfg.retrain.replace(seed=cfg.retrain.seed + 2000 + len(st["trials"])),
                   f"auto retrain #{len(st['trials'])}")
         remove_masks(work)
-        acc = self.score(work)
-        ok = limit is None or self.drop(acc) <= limit + EPS
-        self._trial(phase="prune", plan=plan, bits=None, val_accuracy=acc, val_drop_pt=self.drop(acc),
+        acc, se = self.measure(work)
+        ok = self.within(acc, se, limit)
+        self._trial(phase="prune", plan=plan, bits=None, **self._scored(acc, se),
                     bytes=self._preview_bytes(work), bytes_kind="preview (4-bit sharing, not fine-tuned)",
                     accepted=ok, note="accepted model retrained longer")
         if ok:
@@ -389,10 +414,10 @@ class _Search:
 
     def bits_phase(self, pruned: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
         cfg, st = self.cfg, self.state
-        pruned_acc = self.score(pruned)
+        pruned_acc, pruned_se = self.measure(pruned)
         self.log(f"[{self.clock.elapsed():.0f}s] bits scan of the pruned model")
         bits_sens = scan(pruned, self.score, keeps=(1.0,), bits=cfg.bits, progress=self.progress)
-        left_pt = (cfg.drop_limit - self.drop(pruned_acc)) if cfg.drop_limit is not None else math.inf
+        left_pt = (cfg.drop_limit - self.bound(pruned_acc, pruned_se)) if cfg.drop_limit is not None else math.inf
         bits, order = self.choose_bits(pruned, bits_sens, max(0.0, left_pt), cfg.target_bytes)
         candidates: list[tuple[nn.Module, dict[str, Any]]] = []
         keeps = self._kept(pruned)
@@ -417,11 +442,11 @@ class _Search:
             path = self.out / f"candidate{len(candidates)}.dsk"
             # the metadata model.dsk gets (auto.run): the bytes judged are the delivered file's
             nbytes = save(work, path, FINAL_POLICY, info=final_info(bits, st.get("accepted_plan"))).nbytes
-            acc = self.score(work)
-            ok = ((cfg.drop_limit is None or self.drop(acc) <= cfg.drop_limit + EPS)
+            acc, se = self.measure(work)
+            ok = (self.within(acc, se, cfg.drop_limit)
                   and (cfg.target_bytes is None or nbytes <= cfg.target_bytes))
-            trial = self._trial(phase="bits", plan=st.get("accepted_plan"), bits=dict(bits), val_accuracy=acc,
-                                val_drop_pt=self.drop(acc), bytes=nbytes, bytes_kind="artifact", accepted=ok,
+            trial = self._trial(phase="bits", plan=st.get("accepted_plan"), bits=dict(bits), **self._scored(acc, se),
+                                bytes=nbytes, bytes_kind="artifact", accepted=ok,
                                 artifact=str(path), note="probe" if accepted_bits is not None else "")
             candidates.append((work, trial))
             if ok and cfg.target_bytes is None and cfg.explore:

@@ -41,7 +41,7 @@ def _config(args: argparse.Namespace, base: Any) -> Any:
         target_latency_ms=args.target_latency, time_budget_s=args.time_budget,
         retrain=base.retrain.replace(epochs=args.retrain_epochs, seed=args.seed, augment=args.augment),
         finetune=base.finetune.replace(epochs=args.finetune_epochs, seed=args.seed, augment=args.augment),
-        seed=args.seed,
+        seed=args.seed, confidence=args.confidence,
         explore=args.explore)
 
 
@@ -108,6 +108,9 @@ def register(sub: Any) -> None:
     p.add_argument("--time-budget", type=float, default=900.0, help="wall seconds for the search (default 900)")
     p.add_argument("--retrain-epochs", type=int, default=2, help="epochs of retraining per pruning step")
     p.add_argument("--finetune-epochs", type=int, default=2, help="epochs of centroid fine-tuning")
+    p.add_argument("--confidence", type=float, default=1.0, metavar="Z",
+                   help="a result is within --max-drop when its validation drop plus Z standard errors is "
+                        "(default 1; 0 judges the measured drop alone)")
     p.add_argument("--augment", metavar="SPEC",
                    help="move/mirror training images at random while retraining and fine-tuning: shift:N "
                         "(up to N pixels), hflip, or both (shift:4,hflip); image data only")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -18,12 +18,14 @@ from deepshrink.measure._runtime import eval_mode, first_line
 
 @dataclass(frozen=True)
 class EvalResult:
-    """``accuracy`` in 0..1 and ``loss`` as the per-sample mean cross-entropy."""
+    """``accuracy`` in 0..1, ``loss`` as the per-sample mean cross-entropy and ``hits``, each sample's top-1
+    correctness in data order (a CPU bool tensor: paired comparisons of two models on the same data)."""
 
     accuracy: float
     loss: float
     correct: int
     total: int
+    hits: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
 
 def _batches(data: Any, batch_size: int) -> Iterable[Any]:
@@ -39,8 +41,8 @@ def _batches(data: Any, batch_size: int) -> Iterable[Any]:
     raise DataError(f"cannot evaluate on {type(data).__name__}: need a Dataset, a DataLoader or (x, y)")
 
 
-def _score_batch(model: nn.Module, batch: Any, device: torch.device) -> tuple[float, int, int]:
-    """Summed cross-entropy, correct count and size of one ``(inputs, labels)`` batch."""
+def _score_batch(model: nn.Module, batch: Any, device: torch.device) -> tuple[float, torch.Tensor]:
+    """Summed cross-entropy and per-sample top-1 correctness of one ``(inputs, labels)`` batch."""
     if not isinstance(batch, (tuple, list)) or len(batch) < 2:
         raise DataError("each batch must be an (inputs, labels) pair")
     if not all(isinstance(t, torch.Tensor) for t in batch[:2]):
@@ -61,8 +63,7 @@ def _score_batch(model: nn.Module, batch: Any, device: torch.device) -> tuple[fl
         loss = float(F.cross_entropy(logits.float(), labels, reduction="sum").item())
     except (IndexError, RuntimeError) as exc:
         raise DataError(f"labels do not fit {logits.shape[1]} output classes: {first_line(exc)}") from None
-    correct = int((logits.argmax(dim=1) == labels).sum().item())
-    return loss, correct, int(labels.shape[0])
+    return loss, (logits.argmax(dim=1) == labels).cpu()
 
 
 def evaluate(
@@ -82,19 +83,21 @@ def evaluate(
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     home = module_device(model)
     target = torch.device(device) if device is not None else home
-    correct, total, loss_sum = 0, 0, 0.0
+    hits: list[torch.Tensor] = []
+    loss_sum = 0.0
     if target != home:
         model.to(target)
     try:
         with eval_mode(model), torch.inference_mode():
             for batch in _batches(loader_or_dataset, batch_size):
-                batch_loss, batch_correct, batch_total = _score_batch(model, batch, target)
+                batch_loss, batch_hits = _score_batch(model, batch, target)
                 loss_sum += batch_loss
-                correct += batch_correct
-                total += batch_total
+                hits.append(batch_hits)
     finally:
         if target != home:
             model.to(home)
+    every = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+    total, correct = int(every.numel()), int(every.sum())
     if total == 0:
         raise DataError("evaluation data is empty")
-    return EvalResult(accuracy=correct / total, loss=loss_sum / total, correct=correct, total=total)
+    return EvalResult(accuracy=correct / total, loss=loss_sum / total, correct=correct, total=total, hits=every)

@@ -54,7 +54,22 @@ def test_accuracy_budget_is_respected_and_artifact_is_real(setup: dict, tmp_path
     val_base = evaluate(setup["model"], setup["val"]).accuracy
     final_val = evaluate(load(res.artifact), setup["val"]).accuracy
     assert rep["val_drop_pt"] == pytest.approx(100 * (val_base - final_val), abs=1e-6)
-    assert rep["budget_met"] == (rep["val_drop_pt"] <= run["cfg"].drop_limit + 1e-9 and rep["within_time_budget"])
+    # the standard error of the paired difference, counted by hand from the two models' predictions
+    x, y = (torch.stack([setup["val"][i][k] for i in range(len(setup["val"]))]) for k in (0, 1))
+    with torch.no_grad():
+        base_ok = setup["model"](x).argmax(1) == y
+        final_ok = load(res.artifact).eval()(x).argmax(1) == y
+    n = len(y)
+    lost, won = int((base_ok & ~final_ok).sum()), int((~base_ok & final_ok).sum())
+    mean = (lost - won) / n
+    se = 100 * ((lost * (1 - mean) ** 2 + won * (-1 - mean) ** 2 + (n - lost - won) * mean**2) / n) ** 0.5 / n**0.5
+    assert rep["val_drop_se_pt"] == pytest.approx(se, abs=1e-6)
+    bound = rep["val_drop_pt"] + run["cfg"].confidence * se
+    assert rep["val_drop_bound_pt"] == pytest.approx(bound, abs=1e-6)
+    assert rep["budget_met"] == (bound <= run["cfg"].drop_limit + 1e-9 and rep["within_time_budget"])
+    # every weight-sharing candidate was judged by the same bound
+    assert all(t["accepted"] == (t["val_drop_pt"] + run["cfg"].confidence * t["val_drop_se_pt"]
+                                 <= run["cfg"].drop_limit + 1e-9) for t in trials if t["phase"] == "bits")
     assert rep["budget_met"], rep["val_drop_pt"]  # 4 well-separated blobs: 2 points is easy to keep
     # it did compress: smaller than the dense fp32 file, and the size is the real file's
     assert rep["artifact_bytes"] == res.artifact.stat().st_size < rep["baseline"]["artifact_bytes"] / 4

@@ -21,6 +21,9 @@ from deepshrink.sensitivity import LayerCurves, SensitivityResult
     ({"max_drop_pt": 1, "keeps": (0.0,)}, "kept fractions"),
     ({"max_drop_pt": 1, "bits": (9,)}, "weight bits"),
     ({"max_drop_pt": 1, "explore": 1}, "explore"),
+    ({"max_drop_pt": 1, "confidence": -0.5}, "confidence"),
+    ({"max_drop_pt": 1, "confidence": True}, "confidence"),
+    ({"max_drop_pt": 1, "confidence": 9}, "confidence"),
 ])
 def test_config_rejects_bad_values(kwargs: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):

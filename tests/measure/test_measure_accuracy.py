@@ -39,6 +39,8 @@ def test_known_accuracy_and_loss(data: object) -> None:
     assert result.total == 4
     assert result.accuracy == pytest.approx(0.75)
     assert result.loss == pytest.approx(EXPECTED_LOSS, rel=1e-6)
+    # per sample, in data order, across the batch boundary (batch_size 3): predictions 0, 1, 1, 0
+    assert result.hits.tolist() == [True, True, False, True] and result.hits.device.type == "cpu"
 
 
 def test_training_flag_restored_and_eval_mode_used() -> None:
