@@ -179,6 +179,8 @@ def main() -> None:
              f"Machine: {machine()}. Commit {git_rev()}. Seeds {args.seeds}. Command: `{command()}`.", "",
              "Auto's decisions use a 20% validation split of the training digits; its baseline trains on the "
              "other 80%. Accuracy is on the 1,000 test digits (one digit = 0.1 point). "
+             + f"Auto accepts a setting when its validation drop + {args.confidence:g} standard error(s) of that "
+             f"drop is at most {args.margin:g} x {args.max_drop:g} pt (the pruning walk: x {args.prune_share:g}). "
              + (f"Auto's retraining and fine-tuning augment the training digits ({args.augment}: "
                 "deepshrink.data.augment); the baseline and the hand-written recipe's row do not. "
                 if args.augment else "") + "Bar: artifact bytes <= "

@@ -31,11 +31,16 @@ def machine() -> str:
 
 
 def git_rev() -> str:
+    """The commit, marked when tracked files outside the results differ from it (the code run is not that commit's)."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=ROOT, check=False).stdout.strip() or "unknown"
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=ROOT, check=False).stdout.strip() or "unknown"
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                  ":!benchmarks/results", ":!benchmarks/RESULTS.md"], capture_output=True,
+                                 text=True, cwd=ROOT.parent, check=False).stdout.strip()
     except OSError:
         return "unknown"
+    return f"{rev} + uncommitted changes" if changed and rev != "unknown" else rev
 
 
 def command() -> str:

@@ -46,6 +46,19 @@ def baseline_config(model_spec: str, epochs: int | None, seed: int) -> TrainConf
     return cfg.replace(seed=seed)
 
 
+def compression_training(model_spec: str, retrain: TrainConfig, finetune: TrainConfig) -> tuple[TrainConfig,
+                                                                                             TrainConfig]:
+    """Retraining and centroid fine-tuning for auto: the Deep Compression recipe's for zoo LeNets (what the
+    benchmark runs; its baselines are SGD-trained, and a short Adam retraining from one loses accuracy before it
+    recovers), else ``retrain`` / ``finetune`` (AutoConfig's defaults)."""
+    from deepshrink.pipelines.recipes import BASELINE_TRAIN, recipe
+
+    if model_spec not in BASELINE_TRAIN:
+        return retrain, finetune
+    dc = recipe(model_spec, "default").compression
+    return dc.retrain, dc.cluster_finetune
+
+
 def prepare(model_spec: str, *, weights: str | None, data: str, out: Path, val_fraction: float = 0.2,
             seed: int = 0, train_epochs: int | None = None, progress: bool | None = None,
             model_args: dict[str, Any] | None = None, check: Callable[[nn.Module], Any] | None = None) -> Inputs:

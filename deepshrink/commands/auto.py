@@ -31,6 +31,13 @@ def _parse_bytes(text: str) -> int:
 def _config(args: argparse.Namespace, base: Any) -> Any:
     """The AutoConfig of the options (ConfigError on a bad value)."""
     from deepshrink.auto import AutoConfig
+    from deepshrink.auto.inputs import compression_training
+
+    retrain, finetune = compression_training(args.model, base.retrain, base.finetune)
+    if args.retrain_epochs is not None:
+        retrain = retrain.replace(epochs=args.retrain_epochs)
+    if args.finetune_epochs is not None:
+        finetune = finetune.replace(epochs=args.finetune_epochs)
 
     return AutoConfig(
         # no --max-drop: 0.5 points, unless a size target alone asks for the smallest loss at that size
@@ -39,8 +46,8 @@ def _config(args: argparse.Namespace, base: Any) -> Any:
         else 0.5,
         target_bytes=_parse_bytes(args.target_bytes) if args.target_bytes else None,
         target_latency_ms=args.target_latency, time_budget_s=args.time_budget,
-        retrain=base.retrain.replace(epochs=args.retrain_epochs, seed=args.seed, augment=args.augment),
-        finetune=base.finetune.replace(epochs=args.finetune_epochs, seed=args.seed, augment=args.augment),
+        retrain=retrain.replace(seed=args.seed, augment=args.augment),
+        finetune=finetune.replace(seed=args.seed, augment=args.augment),
         seed=args.seed, confidence=args.confidence,
         explore=args.explore)
 
@@ -106,8 +113,11 @@ def register(sub: Any) -> None:
     p.add_argument("--target-bytes", help="artifact size to reach, e.g. 20000 or 20KiB")
     p.add_argument("--target-latency", type=float, help="median latency to reach, ms (checked on the result)")
     p.add_argument("--time-budget", type=float, default=900.0, help="wall seconds for the search (default 900)")
-    p.add_argument("--retrain-epochs", type=int, default=2, help="epochs of retraining per pruning step")
-    p.add_argument("--finetune-epochs", type=int, default=2, help="epochs of centroid fine-tuning")
+    p.add_argument("--retrain-epochs", type=int,
+                   help="epochs of retraining per pruning step (default: the Deep Compression recipe's for "
+                        "lenet300/lenet5, 8 / 5 epochs; else 2)")
+    p.add_argument("--finetune-epochs", type=int,
+                   help="epochs of centroid fine-tuning (default: the recipe's 3 for lenet300/lenet5; else 2)")
     p.add_argument("--confidence", type=float, default=1.0, metavar="Z",
                    help="a result is within --max-drop when its validation drop plus Z standard errors is "
                         "(default 1; 0 judges the measured drop alone)")

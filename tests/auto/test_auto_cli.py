@@ -55,6 +55,8 @@ def test_auto_cli_end_to_end(weights: str, tmp_path) -> None:
     (["auto", "--model", "lenet300", "--time-budget", "0"], "time budget", 2),
     (["auto", "--model", "lenet300", "--augment", "rotate:3"], "unknown augmentation 'rotate'", 2),
     (["auto", "--model", "lenet300", "--augment", "shift:0"], "pixel count", 2),
+    (["auto", "--model", "lenet300", "--confidence", "-1"], "confidence must be 0..5", 2),
+    (["auto", "--model", "lenet300", "--retrain-epochs", "-1"], "epochs must be an integer >= 0", 2),
     (["auto", "--model", "lenet300", "--val-fraction", "1.5", "--weights", "{w}"], "validation fraction", 2),
     (["auto", "--model", "lenet300", "--weights", "/nonexistent.dsk"], "does not exist", 1),
     (["sensitivity", "--model", "lenet300", "--keeps", "a,b", "--weights", "{w}"], "--keeps", 2),
@@ -90,3 +92,22 @@ def test_sensitivity_scan_takes_numpy_grids() -> None:
     m = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     res = scan(m, lambda model: 1.0, keeps=np.array([1.0, 0.5]), bits=np.array([4, 2]))
     assert res.layers["0"].bits == (4, 2) and res.layers["0"].keeps == (1.0, 0.5)
+
+
+def test_zoo_lenets_retrain_as_their_recipe_others_with_the_defaults() -> None:
+    import argparse
+
+    from deepshrink.auto import AutoConfig
+    from deepshrink.commands.auto import _config
+    from deepshrink.pipelines.recipes import recipe
+
+    base = AutoConfig(max_drop_pt=1.0)
+    opts = {"max_drop": 0.5, "target_bytes": None, "target_latency": None, "time_budget": 60.0, "seed": 3,
+            "confidence": 1.0, "explore": False, "augment": "shift:2"}
+    dc = recipe("lenet300", "default").compression
+    cfg = _config(argparse.Namespace(model="lenet300", retrain_epochs=None, finetune_epochs=None, **opts), base)
+    assert cfg.retrain == dc.retrain.replace(seed=3, augment="shift:2")
+    assert cfg.finetune == dc.cluster_finetune.replace(seed=3, augment="shift:2")
+    cfg = _config(argparse.Namespace(model="mlp", retrain_epochs=4, finetune_epochs=None, **opts), base)
+    assert cfg.retrain == base.retrain.replace(epochs=4, seed=3, augment="shift:2")
+    assert cfg.finetune == base.finetune.replace(seed=3, augment="shift:2")
