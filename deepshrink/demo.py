@@ -37,7 +37,7 @@ def _baseline(rec: Recipe, train: Dataset, folder: Path, seed: int, reuse: bool,
               ) -> tuple[nn.Module, bool]:
     """Train the baseline, or reuse the artifact of an identical earlier run (same model, data, settings, seed
     and CPU thread count: float sums, hence the trained bits, depend on it)."""
-    key = hashlib.sha256(json.dumps([rec.model, DATASET, asdict(rec.baseline)], sort_keys=True).encode())
+    key = hashlib.sha256(json.dumps([rec.model, DATASET, rec.baseline.identity()], sort_keys=True).encode())
     fingerprint = key.hexdigest()[:16]
     path = folder / f"{rec.model}.seed{seed}.{fingerprint}.dsk"
     threads = torch.get_num_threads()

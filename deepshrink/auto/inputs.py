@@ -88,7 +88,7 @@ def prepare(model_spec: str, *, weights: str | None, data: str, out: Path, val_f
     cfg = baseline_config(model_spec, train_epochs, seed)
     # the name fingerprints everything the baseline depends on: another model, dataset or training setting
     # trains (and caches) its own
-    key = json.dumps([model_spec, model_args or {}, data, data_digest(splits), cfg.__dict__, val_fraction, seed],
+    key = json.dumps([model_spec, model_args or {}, data, data_digest(splits), cfg.identity(), val_fraction, seed],
                      sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     cached = out / f"baseline.trained.{cfg.epochs}e.s{seed}.v{int(round(100 * val_fraction))}.{digest}.dsk"

@@ -119,8 +119,8 @@ def register(sub: Any) -> None:
     p.add_argument("--finetune-epochs", type=int,
                    help="epochs of centroid fine-tuning (default: the recipe's 3 for lenet300/lenet5; else 2)")
     p.add_argument("--confidence", type=float, default=1.0, metavar="Z",
-                   help="a result is within --max-drop when its validation drop plus Z standard errors is "
-                        "(default 1; 0 judges the measured drop alone)")
+                   help="a result is within --max-drop when its validation drop plus Z standard errors of "
+                        "that drop is (default 1; 0 judges the measured drop alone)")
     p.add_argument("--augment", metavar="SPEC",
                    help="move/mirror training images at random while retraining and fine-tuning: shift:N "
                         "(up to N pixels), hflip, or both (shift:4,hflip); image data only")

@@ -3,7 +3,8 @@
 Retraining a pruned or quantized model on a few thousand images overfits them; moving each image by a
 pixel or two (zero fill, the "pad and random crop" of CIFAR training) gives the model new views of the
 same digits. The spec is a comma-separated list: ``"shift:2"`` (move each image by up to 2 pixels along
-each axis), ``"hflip"`` (mirror half the images; not for digits or text), or both, ``"shift:4,hflip"``.
+each axis), ``"hflip"`` (mirror each image with probability 1/2; not for digits or text), or both,
+``"shift:4,hflip"``.
 
 Batches are augmented on their own device, with offsets drawn from a seeded generator, so a run
 repeats exactly. Inputs must be images, ``[N, H, W]`` or ``[N, C, H, W]``.
@@ -29,11 +30,21 @@ class Augment:
     shift: int = 0
     hflip: bool = False
 
+    def check(self, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        """DataError unless a batch of ``shape`` / ``dtype`` is float images big enough for the shift."""
+        if len(shape) not in (3, 4) or not dtype.is_floating_point:
+            raise DataError(f"augment {self.spec!r} works on float image batches [N, H, W] or [N, C, H, W]; "
+                            f"the training inputs are {tuple(shape)} ({dtype})")
+        if self.shift and min(shape[-2:]) < 2 * self.shift + 1:
+            raise DataError(f"augment {self.spec!r} moves images by up to {self.shift} pixels, which needs at "
+                            f"least {2 * self.shift + 1} x {2 * self.shift + 1} pixels; the training images are "
+                            f"{shape[-2]} x {shape[-1]}")
+
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """A new batch: each image moved and/or mirrored at random (``x`` is not changed)."""
-        if x.dim() < 3 or not x.is_floating_point():
-            raise DataError(f"augment {self.spec!r} works on float image batches [N, H, W] or [N, C, H, W]; "
-                            f"the training inputs are {tuple(x.shape)} ({x.dtype})")
+        self.check(tuple(x.shape), x.dtype)
+        if x.shape[0] == 0:
+            return x
         if self.shift:
             x = random_shift(x, self.shift, generator)
         if self.hflip:
@@ -61,7 +72,7 @@ def parse_augment(spec: str) -> Augment:
                 raise ConfigError(f"augment: 'hflip' takes no value and appears once, in {spec!r}")
             hflip = True
             continue
-        if shift or not arg.isdigit() or not 1 <= int(arg) <= MAX_SHIFT:
+        if shift or not (arg.isascii() and arg.isdigit()) or not 1 <= int(arg) <= MAX_SHIFT:
             raise ConfigError(f"augment: 'shift' needs a pixel count 1..{MAX_SHIFT} given once, e.g. 'shift:2', "
                               f"in {spec!r}")
         shift = int(arg)

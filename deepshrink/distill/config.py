@@ -87,3 +87,6 @@ class DistillConfig:
             raise ConfigError(f"distill: soft_loss must be one of {', '.join(SOFT_LOSSES)}, got {self.soft_loss!r}")
         if not isinstance(self.cache_teacher, bool):
             raise ConfigError(f"distill: cache_teacher must be True or False, got {self.cache_teacher!r}")
+        if self.cache_teacher and self.train.augment is not None:
+            raise ConfigError(f"distill: cache_teacher keeps the teacher's outputs on the images as they are, and "
+                              f"train.augment {self.train.augment!r} moves them: use one or the other")

@@ -29,7 +29,7 @@ from torch.utils.data import Subset
 
 from deepshrink.artifact import StoragePolicy
 from deepshrink.artifact.model_io import round_small_tensors
-from deepshrink.core.errors import ConfigError, DeepShrinkError, ModelError
+from deepshrink.core.errors import ConfigError, DataError, DeepShrinkError, ModelError
 from deepshrink.core.fileio import atomic_write_text, ensure_dir
 from deepshrink.data.base import data_digest, tensors_digest
 from deepshrink.measure._runtime import eval_mode
@@ -267,6 +267,7 @@ def run_recipe(recipe: S.Recipe, *, model: nn.Module | str | None = None, model_
     _preflight(recipe, net, lines, source, text)
     if text is None:
         check_runs(net, spec_name, splits.name, example)
+        _check_augment(recipe, example, lines, source)
 
     # under torchrun every rank runs the stages (training is distributed) but only rank 0 writes the run folder;
     # the others write their copies of the artifacts to a scratch folder and read rank 0's state to resume alike
@@ -415,6 +416,20 @@ def _preflight(recipe: S.Recipe, model: nn.Module, lines: LineMap | None, source
             raise StageError(f"{_where(i, stage, lines, source)}: {exc}") from None
         if isinstance(stage, S.PruneStage) and stage.method == "structured":
             return  # later stages see other layer names
+
+
+def _check_augment(recipe: S.Recipe, example: torch.Tensor, lines: LineMap | None, source: str | None) -> None:
+    """Every training ``augment`` of the recipe fits the data's images, before any stage runs."""
+    from deepshrink.data.augment import parse_augment
+
+    for i, stage in enumerate(recipe.stages):
+        specs = [stage] + [getattr(stage, k) for k in ("retrain", "finetune", "train") if hasattr(stage, k)]
+        for spec in specs:
+            if isinstance(spec, S.TrainSpec) and spec.augment is not None:
+                try:
+                    parse_augment(spec.augment).check(tuple(example.shape), example.dtype)
+                except DataError as exc:
+                    raise StageError(f"{_where(i, stage, lines, source)}: {exc}") from None
 
 
 def _execute(run: _Run, state: ops.RunState, folder: Path, names: list[str], splits: Any,

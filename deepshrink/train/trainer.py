@@ -88,6 +88,14 @@ class TrainConfig:
     def replace(self, **changes: object) -> TrainConfig:
         return TrainConfig(**{**asdict(self), **changes})
 
+    def identity(self) -> dict[str, object]:
+        """The fields that define the training, for fingerprints: those added later are left out at their
+        default (no augmentation), so checkpoints and caches written before them still match."""
+        fields = asdict(self)
+        if fields["augment"] is None:
+            del fields["augment"]
+        return fields
+
 
 @dataclass
 class TrainResult:
@@ -312,7 +320,7 @@ class Trainer:
         parameter count, the batches per epoch and the epochs. A checkpoint must match the first three to be
         resumed (more epochs extend a run; the batches per epoch follow the process count)."""
         plain = (int, float, str, bool, type(None))
-        fields = {k: v for k, v in asdict(self.cfg).items()  # more epochs may extend a run; callables vary by process
+        fields = {k: v for k, v in self.cfg.identity().items()  # more epochs may extend a run; callables vary
                   if k != "epochs" and (isinstance(v, plain) or isinstance(v, tuple) and all(
                       isinstance(x, plain) for x in v))}
         digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).digest()

@@ -67,6 +67,7 @@ def test_specs_parse_and_print_back(spec: str, expected: Augment) -> None:
     ("", "spec like"), ("rotate:3", "unknown augmentation 'rotate'"), ("shift:0", "pixel count"),
     ("shift:x", "pixel count"), ("shift", "pixel count"), ("shift:2,shift:3", "given once"),
     ("shift:65", "1..64"), ("hflip:1", "takes no value"), ("hflip,hflip", "appears once"),
+    ("shift:\u00b2", "pixel count"), ("shift:\u0663", "pixel count"),  # non-ASCII digits: '²', Arabic-Indic 3
 ])
 def test_bad_specs_are_one_line_config_errors(spec: str, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment) as err:
@@ -82,6 +83,43 @@ def test_flat_inputs_are_refused_with_their_shape() -> None:
     data = TensorDataset(torch.randn(32, 4), torch.randint(0, 2, (32,)))
     with pytest.raises(DataError, match=r"\(16, 4\)"):
         Trainer(nn.Linear(4, 2), TrainConfig(epochs=1, batch_size=16, augment="shift:1"), progress=False).fit(data)
+
+
+@pytest.mark.parametrize("shape, fragment", [
+    ((8, 1, 40), "at least 5 x 5"),  # a conv1d batch [N, C, L]: a vertical shift would wipe it
+    ((8, 3, 4, 4), "at least 5 x 5"),
+    ((2, 1, 1, 6, 6), "image batches"),
+])
+def test_batches_that_are_not_images_big_enough_are_refused(shape, fragment) -> None:
+    with pytest.raises(DataError, match=fragment):
+        Augment(shift=2)(torch.zeros(shape), torch.Generator())
+    assert Augment(shift=2)(torch.zeros(0, 1, 6, 6), torch.Generator()).shape == (0, 1, 6, 6)
+
+
+def test_fingerprints_of_settings_without_augmentation_are_those_of_before_it() -> None:
+    """Checkpoints and cached baselines are keyed on ``identity()``: the field it added is left out at None."""
+    assert "augment" not in TrainConfig().identity()
+    assert TrainConfig(augment="shift:1").identity()["augment"] == "shift:1"
+
+
+def test_a_cached_teacher_and_augmentation_are_refused_together() -> None:
+    from deepshrink.distill import DistillConfig
+
+    with pytest.raises(ConfigError, match="cache_teacher"):
+        DistillConfig(cache_teacher=True, train=TrainConfig(augment="shift:1"))
+
+
+def test_a_recipe_whose_augment_does_not_fit_the_data_fails_before_any_stage(tmp_path) -> None:
+    import deepshrink
+    from deepshrink.recipe.runner import StageError
+
+    flat = TensorDataset(torch.randn(32, 8), torch.randint(0, 2, (32,)))
+    recipe = {"name": "a", "stages": [{"kind": "prune", "method": "magnitude", "sparsity": 0.5},
+                                      {"kind": "finetune", "epochs": 1, "augment": "shift:1"}]}
+    with pytest.raises(StageError, match=r"stage 1 .*finetune.*image batches.*\(1, 8\)"):
+        deepshrink.compress(nn.Sequential(nn.Linear(8, 2)), recipe, train_data=flat, out=tmp_path / "o",
+                            progress=False)
+    assert not list((tmp_path / "o").glob("*.dsk"))  # no stage ran
 
 
 def _seen_batches(augment: str | None, seed: int = 0) -> list[torch.Tensor]:
