@@ -189,8 +189,9 @@ def main() -> None:
              "", markdown_table(headers, rows), "",
              f"Bar met in {sum(r[-1] == 'yes' for r in rows)} of {len(rows)} runs.", "",
              *(["The hand-written `default` recipe on the same baselines and splits (its bytes, validation and "
-                "test accuracy change against the baseline):", "", markdown_table(["model", "seed", "recipe", "bytes", "val Δ pt", "test Δ pt"],
-                                                   dc_rows), ""] if dc_rows else []),
+                "test accuracy change against the baseline):", "",
+                markdown_table(["model", "seed", "recipe", "bytes", "val Δ pt", "test Δ pt"], dc_rows), ""]
+               if dc_rows else []),
              *notes, ""]
     print("\n".join(lines))
     if args.quick:  # a smoke run proves the script works; its numbers are not results
