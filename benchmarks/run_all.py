@@ -60,8 +60,7 @@ BENCHMARKS: list[list[str]] = [
     ["bench_auto.py", "--models", "lenet300", "--seeds", "0,1,2,3,4,5", "--augment", "shift:2", "--margin", "1.0",
      "--confidence", "1.0", "--prune-share", "0.75", "--with-dc", "--result-name", "auto_lenet300_augment"],
     ["bench_auto.py", "--models", "lenet5", "--seeds", "0,1,2", "--augment", "shift:2", "--margin", "1.0",
-     "--confidence", "1.0",
-     "--prune-share", "0.75", "--with-dc", "--result-name", "auto_lenet5_augment"],
+     "--confidence", "1.0", "--prune-share", "0.75", "--with-dc", "--result-name", "auto_lenet5_augment"],
     # the same augmented search judged on the measured drop alone (--confidence 0), kept for comparison
     ["bench_auto.py", "--models", "lenet300", "--seeds", "0,1,2,3,4,5", "--augment", "shift:2", "--margin", "0.8",
      "--confidence", "0", "--prune-share", "0.75", "--with-dc", "--result-name", "auto_lenet300_augment_nobound"],
