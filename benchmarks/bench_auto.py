@@ -53,22 +53,33 @@ def baseline(name: str, fit, folder: Path, seed: int, quick: bool) -> tuple[torc
     return model, time.perf_counter() - start
 
 
+def hand_recipe(name: str, model: torch.nn.Module, fit, val, test, seed: int, quick: bool, folder: Path,
+                augment: str | None = None) -> tuple[int, float, float]:
+    """The hand-written `default` recipe (its retraining augmented or not) on ``model``: artifact bytes and the
+    validation and test accuracy change against ``model``, in points."""
+    seed_everything(seed)
+    written = recipe(name, "default", seed=seed, quick=quick).compression
+    cfg = dataclasses.replace(written, retrain=written.retrain.replace(augment=augment),
+                              cluster_finetune=written.cluster_finetune.replace(augment=augment))
+    res = DeepCompression(cfg, progress=False).run(model, fit, test, test.tensors[0][:1], folder, tag=name)
+    m = load(res.final.artifact)
+    dv = 100 * (evaluate(m, val).accuracy - evaluate(model, val).accuracy)
+    dt = 100 * (evaluate(m, test).accuracy - evaluate(model, test).accuracy)
+    return res.final.artifact_bytes, dv, dt
+
+
 def hand_recipe_on_splits(name: str, data, seeds: list[int], out: Path, quick: bool, budget: float) -> list[str]:
     """The hand-written recipe on baselines trained on the 80% fit part of each split: val and test drops."""
     rows, dvs, dts = [], [], []
     for s in seeds:
         fit, val = split_train(data.train, 0.2, s)
         model, _ = baseline(name, fit, out / "baselines", s, quick)
-        seed_everything(s)
-        res = DeepCompression(recipe(name, "default", seed=s, quick=quick).compression,
-                              progress=False).run(model, fit, data.test, data.test.tensors[0][:1],
-                                                  out / name / f"dc_split{s}", tag=name)
-        m = load(res.final.artifact)
+        folder = out / name / f"dc_split{s}"
+        nbytes, change_v, change_t = hand_recipe(name, model, fit, val, data.test, s, quick, folder)
         bv, bt = 100 * evaluate(model, val).accuracy, 100 * evaluate(model, data.test).accuracy
-        dv, dt = bv - 100 * evaluate(m, val).accuracy, bt - 100 * evaluate(m, data.test).accuracy
-        dvs.append(dv)
-        dts.append(dt)
-        rows.append([s, f"{res.final.artifact_bytes:,}", f"{bv:.2f}", f"{-dv:+.2f}", f"{bt:.1f}", f"{-dt:+.1f}"])
+        dvs.append(-change_v)
+        dts.append(-change_t)
+        rows.append([s, f"{nbytes:,}", f"{bv:.2f}", f"{change_v:+.2f}", f"{bt:.1f}", f"{change_t:+.1f}"])
     mean_v, mean_t = sum(dvs) / len(dvs), sum(dts) / len(dts)
     table = markdown_table(["split seed", "hand recipe bytes", "baseline val %", "val Δ pt", "baseline test %",
                             "test Δ pt"], rows)
@@ -111,16 +122,9 @@ def run_one(name: str, seed: int, args: argparse.Namespace, data, out: Path) -> 
     if args.with_dc:  # the hand-written recipe on the same baseline, judged on the same splits
         variants = [("as written", None)] + ([(f"+ {args.augment}", args.augment)] if args.augment else [])
         for label, aug in variants:
-            seed_everything(seed)
-            written = recipe(name, "default", seed=seed, quick=args.quick).compression
-            dc_cfg = dataclasses.replace(written, retrain=written.retrain.replace(augment=aug),
-                                         cluster_finetune=written.cluster_finetune.replace(augment=aug))
-            dcres = DeepCompression(dc_cfg, progress=False).run(
-                model, fit, data.test, example, out / name / f"dc{'_aug' if aug else ''}_seed{seed}", tag=name)
-            dcm = load(dcres.final.artifact)
-            dv = 100 * (evaluate(dcm, val).accuracy - evaluate(model, val).accuracy)
-            dt = 100 * (evaluate(dcm, data.test).accuracy - evaluate(model, data.test).accuracy)
-            dc_rows.append([name, seed, label, f"{dcres.final.artifact_bytes:,}", f"{dv:+.2f}", f"{dt:+.1f}"])
+            folder = out / name / f"dc{'_aug' if aug else ''}_seed{seed}"
+            nbytes_dc, dv, dt = hand_recipe(name, model, fit, val, data.test, seed, args.quick, folder, aug)
+            dc_rows.append([name, seed, label, f"{nbytes_dc:,}", f"{dv:+.2f}", f"{dt:+.1f}"])
     chosen = rep["chosen"]
     note = (f"- {name} seed {seed}: kept " + ", ".join(f"{k} {v:.3g}" for k, v in chosen["keep"].items())
             + "; bits " + ", ".join(f"{k} {v}" for k, v in chosen["bits"].items())

@@ -119,12 +119,11 @@ class _Search:
 
         The error is that of the mean of paired per-sample differences (baseline right / model wrong and
         the reverse), so it is small when the two models fail on the same samples."""
-        hits = evaluate(model, self.val).hits
+        ev = evaluate(model, self.val)
         if self.base_hits is None:
             self.base_hits = evaluate(self.baseline, self.val).hits
-        diff = self.base_hits.double() - hits.double()
-        # accuracy as score() gives it (an exact ratio): a drop of exactly the budget must not fail by rounding
-        return int(hits.sum()) / hits.numel(), 100.0 * float(diff.std(unbiased=False)) / math.sqrt(diff.numel())
+        diff = self.base_hits.double() - ev.hits.double()
+        return ev.accuracy, 100.0 * float(diff.std(unbiased=False)) / math.sqrt(diff.numel())
 
     def drop(self, acc: float) -> float:
         return 100.0 * (self.state["val_baseline"] - acc)

@@ -423,7 +423,7 @@ def _check_augment(recipe: S.Recipe, example: torch.Tensor, lines: LineMap | Non
     from deepshrink.data.augment import parse_augment
 
     for i, stage in enumerate(recipe.stages):
-        specs = [stage] + [getattr(stage, k) for k in ("retrain", "finetune", "train") if hasattr(stage, k)]
+        specs = [stage, *(getattr(stage, k) for k in type(stage).model_fields)]  # the stage and its {train} blocks
         for spec in specs:
             if isinstance(spec, S.TrainSpec) and spec.augment is not None:
                 try:

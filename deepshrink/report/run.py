@@ -267,7 +267,8 @@ def trial_rows(run: Mapping[str, Any]) -> list[list[object]]:
         bits = ", ".join(f"{k} {v}" for k, v in (t.get("bits") or {}).items()) or "-"
         rows.append([t.get("n"), t.get("phase"), plan, bits, 100.0 * t["val_accuracy"],
                      f"{-t['val_drop_pt']:+.2f}",
-                     f"{t['val_drop_se_pt']:.2f}" if t.get("val_drop_se_pt") is not None else "-", t.get("bytes"), t.get("bytes_kind"), bool(t.get("accepted")),
+                     f"{t['val_drop_se_pt']:.2f}" if t.get("val_drop_se_pt") is not None else "-",
+                     t.get("bytes"), t.get("bytes_kind"), bool(t.get("accepted")),
                      bool(t.get("pareto")), t.get("elapsed_s")])
     return rows
 
